@@ -1,0 +1,75 @@
+"""Pure decision logic: no I/O, no clock, no asyncio, no logging.
+
+Everything here is a function of its arguments; the current time is passed in as ``now``.
+"""
+
+from extender.core.decide import (
+    MAX_SCORE,
+    REASON_STALE,
+    Candidates,
+    Evaluation,
+    bypass_reason,
+    evaluate,
+    live_reason,
+    tier_for,
+)
+from extender.core.model import (
+    ContainerResources,
+    NodeInfo,
+    PlacedPod,
+    PodInfo,
+    Sample,
+    Snapshot,
+    build_snapshot,
+    empty_snapshot,
+    estimate_pod,
+)
+from extender.core.quantity import QuantityError, parse_quantity
+from extender.core.rules import (
+    RESOURCES,
+    Bypass,
+    EstimateFrom,
+    Estimation,
+    LabelSelector,
+    OnStale,
+    Rules,
+    SelectorOp,
+    SelectorRequirement,
+    Strategy,
+    Tier,
+    TierMatch,
+)
+
+__all__ = [
+    "MAX_SCORE",
+    "REASON_STALE",
+    "RESOURCES",
+    "Bypass",
+    "Candidates",
+    "ContainerResources",
+    "EstimateFrom",
+    "Estimation",
+    "Evaluation",
+    "LabelSelector",
+    "NodeInfo",
+    "OnStale",
+    "PlacedPod",
+    "PodInfo",
+    "QuantityError",
+    "Rules",
+    "Sample",
+    "SelectorOp",
+    "SelectorRequirement",
+    "Snapshot",
+    "Strategy",
+    "Tier",
+    "TierMatch",
+    "build_snapshot",
+    "bypass_reason",
+    "empty_snapshot",
+    "estimate_pod",
+    "evaluate",
+    "live_reason",
+    "parse_quantity",
+    "tier_for",
+]

@@ -1,0 +1,225 @@
+"""Plain data the decision reads: pods, nodes, samples and the immutable snapshot.
+
+A :class:`Snapshot` is built off the request path (by :func:`build_snapshot`) whenever one of its
+inputs changes, and swapped in atomically. It stores per-node data as numpy columns so that one
+request over thousands of nodes is a handful of array operations rather than a Python loop per
+node. Every array has one extra trailing column of "unknown" values (NaN): a node name that the
+snapshot does not know maps to index ``-1`` and so reads as missing data, never as an error.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import numpy.typing as npt
+
+from extender.core.rules import RESOURCES, EstimateFrom, Estimation
+
+FloatArray = npt.NDArray[np.float64]
+IndexArray = npt.NDArray[np.intp]
+
+
+@dataclass(frozen=True, slots=True)
+class ContainerResources:
+    """One container's requests and limits for cpu (cores) and memory (bytes); None if unset."""
+
+    cpu_request: float | None = None
+    cpu_limit: float | None = None
+    memory_request: float | None = None
+    memory_limit: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class PodInfo:
+    """The fields of a Pod that decisions use."""
+
+    namespace: str
+    name: str
+    uid: str = ""
+    priority: int = 0
+    priority_class_name: str = ""
+    labels: Mapping[str, str] = field(default_factory=dict)
+    owner_kinds: tuple[str, ...] = ()
+    containers: tuple[ContainerResources, ...] = ()
+    init_containers: tuple[ContainerResources, ...] = ()
+    overhead_cpu: float = 0.0
+    overhead_memory: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class NodeInfo:
+    """What the extender knows of one node apart from its live samples."""
+
+    name: str
+    allocatable_cpu: float | None = None
+    allocatable_memory: float | None = None
+    requested_cpu: float | None = None
+    """Sum of the requests of the pods bound to the node (cores), when a pod cache knows it."""
+    requested_memory: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Sample:
+    value: float
+    timestamp: float
+    """Seconds since the epoch at which the value was observed (not fetched)."""
+
+
+@dataclass(frozen=True, slots=True)
+class PlacedPod:
+    """A pod bound to a node, with its usage estimate, for the just-placed projection."""
+
+    node: str
+    cpu: float
+    memory: float
+    bound_at: float
+
+
+def _container_estimate(
+    request: float | None, limit: float | None, default: float, est: Estimation
+) -> float:
+    scaled = None if request is None else request * est.requests_factor
+    first, second = (limit, scaled) if est.prefer is EstimateFrom.LIMITS else (scaled, limit)
+    if first is not None:
+        return first
+    if second is not None:
+        return second
+    return default
+
+
+def estimate_pod(pod: PodInfo, est: Estimation) -> tuple[float, float]:
+    """Estimated (cpu cores, memory bytes) a pod will use, as the scheduler sizes it.
+
+    Per container: the preferred field (requests × factor, or limits), else the other one, else
+    the default. The pod's figure is the larger of the containers' sum and the largest init
+    container (they run before the others, one at a time), plus the pod overhead.
+    """
+    cpu = sum(
+        _container_estimate(c.cpu_request, c.cpu_limit, est.default_cpu, est)
+        for c in pod.containers
+    )
+    mem = sum(
+        _container_estimate(c.memory_request, c.memory_limit, est.default_memory, est)
+        for c in pod.containers
+    )
+    for c in pod.init_containers:
+        cpu = max(cpu, _container_estimate(c.cpu_request, c.cpu_limit, est.default_cpu, est))
+        mem = max(
+            mem, _container_estimate(c.memory_request, c.memory_limit, est.default_memory, est)
+        )
+    return cpu + pod.overhead_cpu, mem + pod.overhead_memory
+
+
+def _nan(value: float | None) -> float:
+    return math.nan if value is None else value
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    """Everything a decision reads about the cluster, immutable once built.
+
+    Arrays have shape ``(rows, len(names) + 1)``; the last column is the unknown node.
+    """
+
+    names: tuple[str, ...]
+    index: Mapping[str, int]
+    signals: tuple[str, ...]
+    values: FloatArray
+    """(signals, nodes): the latest valid sample, NaN where missing."""
+    sampled_at: FloatArray
+    """(signals, nodes): when that sample was observed, NaN where missing."""
+    allocatable: FloatArray
+    """(resources, nodes): cpu cores and memory bytes, NaN where unknown."""
+    requested: FloatArray
+    """(resources, nodes): sum of bound pods' requests, NaN where unknown."""
+    placed: FloatArray
+    """(resources, nodes): estimated usage of pods placed since the node's latest sample."""
+    source_ok_at: float | None
+    """When the live source last refreshed successfully; None when there is no live source."""
+    built_at: float
+
+    def lookup(self, names: Sequence[str]) -> IndexArray:
+        """Column indices for node names; -1 (the unknown column) for names not known."""
+        get = self.index.get
+        return np.fromiter((get(n, -1) for n in names), dtype=np.intp, count=len(names))
+
+
+def empty_snapshot(signals: Sequence[str] = RESOURCES, now: float = 0.0) -> Snapshot:
+    return build_snapshot([], {}, [], signals=signals, source_ok_at=None, window_s=0.0, now=now)
+
+
+def build_snapshot(
+    nodes: Iterable[NodeInfo],
+    samples: Mapping[str, Mapping[str, Sample]],
+    placements: Iterable[PlacedPod],
+    *,
+    signals: Sequence[str],
+    source_ok_at: float | None,
+    window_s: float,
+    now: float,
+) -> Snapshot:
+    """Assemble a snapshot from its parts.
+
+    ``samples`` maps node name to signal name to sample; a node that has samples but is not in
+    ``nodes`` still gets a column (its allocatable is unknown). A placed pod counts as just placed
+    when it was bound after its node's latest sample, or within ``window_s`` before ``now``.
+    """
+    node_list = list(nodes)
+    names: list[str] = [n.name for n in node_list]
+    seen = set(names)
+    for name in samples:
+        if name not in seen:
+            names.append(name)
+            seen.add(name)
+    index = {name: i for i, name in enumerate(names)}
+    width = len(names) + 1
+    sig = tuple(signals)
+
+    values = np.full((len(sig), width), np.nan)
+    sampled_at = np.full((len(sig), width), np.nan)
+    for node_name, per_signal in samples.items():
+        col = index[node_name]
+        for row, signal in enumerate(sig):
+            sample = per_signal.get(signal)
+            if sample is not None:
+                values[row, col] = sample.value
+                sampled_at[row, col] = sample.timestamp
+
+    allocatable = np.full((len(RESOURCES), width), np.nan)
+    requested = np.full((len(RESOURCES), width), np.nan)
+    for node in node_list:
+        col = index[node.name]
+        allocatable[:, col] = (_nan(node.allocatable_cpu), _nan(node.allocatable_memory))
+        requested[:, col] = (_nan(node.requested_cpu), _nan(node.requested_memory))
+
+    # A pod is invisible to metrics when bound after the node's oldest resource sample.
+    resource_rows = [sig.index(r) for r in RESOURCES if r in sig]
+    placed = np.zeros((len(RESOURCES), width))
+    placed[:, -1] = np.nan
+    for pod in placements:
+        pcol = index.get(pod.node)
+        if pcol is None:
+            continue
+        stamps = [sampled_at[r, pcol] for r in resource_rows if not math.isnan(sampled_at[r, pcol])]
+        last_sample = min(stamps) if stamps else -math.inf
+        if pod.bound_at > last_sample or now - pod.bound_at <= window_s:
+            placed[0, pcol] += pod.cpu
+            placed[1, pcol] += pod.memory
+
+    for arr in (values, sampled_at, allocatable, requested, placed):
+        arr.setflags(write=False)
+    return Snapshot(
+        names=tuple(names),
+        index=index,
+        signals=sig,
+        values=values,
+        sampled_at=sampled_at,
+        allocatable=allocatable,
+        requested=requested,
+        placed=placed,
+        source_ok_at=source_ok_at,
+        built_at=now,
+    )

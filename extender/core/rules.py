@@ -1,0 +1,143 @@
+"""The compiled form of a policy, as the decision core reads it.
+
+These are plain frozen dataclasses: the ``policy`` layer parses and validates the platform team's
+YAML and compiles it into a :class:`Rules`; nothing here knows about YAML or files.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+#: Signals that are resources: pods carry an estimate for them, so a projection can add the
+#: just-placed pods and the incoming pod to the live sample. Other signals (network, disk, custom)
+#: are compared as sampled.
+RESOURCES: tuple[str, ...] = ("cpu", "memory")
+
+
+class OnStale(enum.Enum):
+    """What a tier does with a node whose live data is stale or missing."""
+
+    ALLOW = "allow"
+    """Keep the node; score it from request-based utilization where known, else neutrally."""
+    REJECT = "reject"
+    """Reject the node (reported as unresolvable: preemption cannot make data fresh)."""
+    NEUTRAL = "neutral"
+    """Keep the node with the neutral score, whatever else is known about it."""
+
+
+class Strategy(enum.Enum):
+    """How a tier turns projected utilization into a 0..10 score."""
+
+    LEAST_LOADED = "leastLoaded"
+    MOST_LOADED = "mostLoaded"
+    TARGET_LOAD = "targetLoad"
+    BALANCED = "balanced"
+
+
+class EstimateFrom(enum.Enum):
+    """Which container field estimates a pod's usage first."""
+
+    REQUESTS = "requests"
+    LIMITS = "limits"
+
+
+class SelectorOp(enum.Enum):
+    IN = "In"
+    NOT_IN = "NotIn"
+    EXISTS = "Exists"
+    DOES_NOT_EXIST = "DoesNotExist"
+
+
+@dataclass(frozen=True, slots=True)
+class SelectorRequirement:
+    key: str
+    op: SelectorOp
+    values: frozenset[str] = frozenset()
+
+
+@dataclass(frozen=True, slots=True)
+class LabelSelector:
+    """A Kubernetes label selector: every label and every expression must hold."""
+
+    match_labels: Mapping[str, str] = field(default_factory=dict)
+    expressions: tuple[SelectorRequirement, ...] = ()
+
+    def matches(self, labels: Mapping[str, str]) -> bool:
+        for key, value in self.match_labels.items():
+            if labels.get(key) != value:
+                return False
+        for req in self.expressions:
+            present = req.key in labels
+            if req.op is SelectorOp.EXISTS and not present:
+                return False
+            if req.op is SelectorOp.DOES_NOT_EXIST and present:
+                return False
+            if req.op is SelectorOp.IN and (not present or labels[req.key] not in req.values):
+                return False
+            if req.op is SelectorOp.NOT_IN and present and labels[req.key] in req.values:
+                return False
+        return True
+
+
+@dataclass(frozen=True, slots=True)
+class TierMatch:
+    """Which pods belong to a tier. Every criterion that is set must hold (as in a selector)."""
+
+    priority_class_names: frozenset[str] | None = None
+    min_priority: int | None = None
+    max_priority: int | None = None
+    namespaces: frozenset[str] | None = None
+    pod_selector: LabelSelector | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Tier:
+    name: str
+    match: TierMatch
+    ceilings: Mapping[str, float]
+    """Per signal: reject a node whose projected utilization is above this (0..1 or more)."""
+    strategy: Strategy
+    weights: Mapping[str, float]
+    """Per signal weight in the score; signals not listed do not count."""
+    target: float = 0.6
+    """For ``targetLoad``: the utilization that scores highest."""
+    on_stale: OnStale = OnStale.ALLOW
+
+
+@dataclass(frozen=True, slots=True)
+class Estimation:
+    """How the usage of a pod that metrics cannot see yet is estimated."""
+
+    window_s: float = 90.0
+    """A bound pod counts as just placed while bound more recently than this, or after its
+    node's latest sample, whichever ends later."""
+    prefer: EstimateFrom = EstimateFrom.REQUESTS
+    requests_factor: float = 1.0
+    default_cpu: float = 0.1
+    """Cores, for a container that declares neither a request nor a limit."""
+    default_memory: float = 128 * 2**20
+    """Bytes, for a container that declares neither a request nor a limit."""
+
+
+@dataclass(frozen=True, slots=True)
+class Bypass:
+    """Pods the extender does not judge: every node is kept with a neutral score."""
+
+    daemonsets: bool = True
+    namespaces: frozenset[str] = frozenset()
+    pod_selector: LabelSelector | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Rules:
+    """A whole compiled policy."""
+
+    signals: tuple[str, ...]
+    tiers: tuple[Tier, ...]
+    default_tier: Tier
+    max_age_s: float = 60.0
+    estimation: Estimation = Estimation()
+    bypass: Bypass = Bypass()
+    neutral_score: int = 5

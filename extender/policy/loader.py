@@ -1,0 +1,321 @@
+"""Load, validate and compile a policy, reporting every problem at once.
+
+Three passes, each collecting rather than stopping: YAML (syntax, duplicate keys, YAML 1.1
+booleans), the typed model (types, ranges, unknown fields) and the cross-field rules (declared
+signals, unique tier names, the default tier, ordered priority ranges). The cross-field pass reads
+the raw data defensively so it reports even when the typed pass failed. Each problem comes out as
+``file:line:col: path: message``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path as FsPath
+from typing import Any
+
+from pydantic import ValidationError
+
+from extender.core.rules import (
+    Bypass,
+    EstimateFrom,
+    Estimation,
+    LabelSelector,
+    OnStale,
+    Rules,
+    SelectorOp,
+    SelectorRequirement,
+    Strategy,
+    Tier,
+    TierMatch,
+)
+from extender.policy.model import SUPPORTED_API_VERSIONS, PolicyDocument, Selector, TierSpec
+from extender.policy.yamlpos import Document, Issue, Path, parse
+
+#: Largest policy file read. Policies are a few KB; this stops a wrong path (a log file, a
+#: binary) from being read into memory whole.
+MAX_POLICY_BYTES = 1 << 20
+
+EMBEDDED_NAME = "<embedded default>"
+
+#: The tier used for pods that match no tier when the policy names no default.
+BUILTIN_DEFAULT_TIER = "default"
+
+
+class PolicyError(Exception):
+    """A policy that cannot be used; ``issues`` lists every problem, already formatted."""
+
+    def __init__(self, filename: str, issues: Sequence[str]) -> None:
+        self.filename = filename
+        self.issues = list(issues)
+        super().__init__("\n".join(self.issues))
+
+
+@dataclass(frozen=True, slots=True)
+class LoadedPolicy:
+    document: PolicyDocument
+    rules: Rules
+    source: str
+    """The file it came from, or ``<embedded default>``."""
+    base_dir: FsPath | None
+    """Where relative paths in the policy (the static source file) are resolved."""
+    sha256: str
+
+
+def _pydantic_issues(doc: Document, exc: ValidationError) -> list[Issue]:
+    issues = []
+    for err in exc.errors(include_url=False):
+        path: Path = tuple(p for p in err["loc"] if isinstance(p, str | int))
+        kind = err["type"]
+        message = err["msg"]
+        if message.startswith("Value error, "):
+            message = message[len("Value error, ") :]
+        if kind == "extra_forbidden":
+            message = f"unknown field {path[-1]!r}"
+        elif kind == "missing":
+            message = f"required field {path[-1]!r} is missing"
+        elif kind == "string_type" and path in doc.scalar_text:
+            text = doc.scalar_text[path]
+            message = (
+                f"expected text, got the number {text}: quote it ('{text}') if you mean the text"
+            )
+        issues.append(Issue(doc.mark_of(path, key=kind == "extra_forbidden"), path, message))
+    return issues
+
+
+def _get(data: Any, *keys: str | int) -> Any:
+    for key in keys:
+        if isinstance(key, int):
+            if not isinstance(data, list) or key >= len(data):
+                return None
+            data = data[key]
+        else:
+            if not isinstance(data, dict):
+                return None
+            data = data.get(key)
+    return data
+
+
+def _semantic_issues(doc: Document) -> list[Issue]:
+    data = doc.data
+    issues: list[Issue] = []
+
+    def add(path: Path, message: str, *, key: bool = False) -> None:
+        issues.append(Issue(doc.mark_of(path, key=key), path, message))
+
+    version = _get(data, "apiVersion")
+    if isinstance(version, str) and version not in SUPPORTED_API_VERSIONS:
+        add(
+            ("apiVersion",),
+            f"unsupported apiVersion {version!r}; supported: {', '.join(SUPPORTED_API_VERSIONS)}",
+        )
+
+    signals = _get(data, "metrics", "signals")
+    declared = set(signals) if isinstance(signals, dict) else {"cpu", "memory"}
+    source = _get(data, "metrics", "source")
+    if source == "prometheus" and isinstance(signals, dict):
+        for name, query in signals.items():
+            if isinstance(query, str) and not query.strip():
+                add(
+                    ("metrics", "signals", name),
+                    "a prometheus source needs a query for every signal",
+                )
+    if isinstance(signals, dict) and not signals:
+        add(("metrics", "signals"), "declare at least one signal")
+
+    tiers = _get(data, "tiers")
+    names: dict[str, int] = {}
+    if isinstance(tiers, list):
+        for i, tier in enumerate(tiers):
+            if not isinstance(tier, dict):
+                continue
+            name = tier.get("name")
+            if isinstance(name, str):
+                if name in names:
+                    add(
+                        ("tiers", i, "name"),
+                        f"duplicate tier name {name!r} (also tiers[{names[name]}])",
+                    )
+                else:
+                    names[name] = i
+            ceilings = tier.get("filter")
+            if isinstance(ceilings, dict):
+                for sig in ceilings:
+                    if sig not in declared:
+                        add(("tiers", i, "filter", sig), _undeclared(sig, declared), key=True)
+            weights = _get(tier, "score", "weights")
+            if isinstance(weights, dict):
+                for sig in weights:
+                    if sig not in declared:
+                        add(
+                            ("tiers", i, "score", "weights", sig),
+                            _undeclared(sig, declared),
+                            key=True,
+                        )
+                numeric = [w for w in weights.values() if isinstance(w, int | float)]
+                if numeric and len(numeric) == len(weights) and not any(w > 0 for w in numeric):
+                    add(("tiers", i, "score", "weights"), "at least one weight must be above 0")
+            lo, hi = _get(tier, "match", "minPriority"), _get(tier, "match", "maxPriority")
+            if isinstance(lo, int) and isinstance(hi, int) and lo > hi:
+                add(
+                    ("tiers", i, "match", "minPriority"),
+                    f"minPriority {lo} is above maxPriority {hi}",
+                )
+            _selector_issues(
+                _get(tier, "match", "podSelector"), ("tiers", i, "match", "podSelector"), add
+            )
+    _selector_issues(_get(data, "bypass", "podSelector"), ("bypass", "podSelector"), add)
+
+    default = _get(data, "defaultTier")
+    if isinstance(default, str) and names and default not in names:
+        add(
+            ("defaultTier",), f"defaultTier {default!r} is not one of the tiers: {', '.join(names)}"
+        )
+    return issues
+
+
+def _undeclared(signal: str, declared: set[str]) -> str:
+    return f"signal {signal!r} is not declared in metrics.signals ({', '.join(sorted(declared))})"
+
+
+def _selector_issues(sel: Any, path: Path, add: Any) -> None:
+    exprs = _get(sel, "matchExpressions")
+    if not isinstance(exprs, list):
+        return
+    for j, expr in enumerate(exprs):
+        op, values = _get(expr, "operator"), _get(expr, "values")
+        if not isinstance(values, list):
+            continue
+        if op in ("In", "NotIn") and not values:
+            add((*path, "matchExpressions", j, "values"), f"operator {op} needs at least one value")
+        if op in ("Exists", "DoesNotExist") and values:
+            add((*path, "matchExpressions", j, "values"), f"operator {op} takes no values")
+
+
+def _selector(spec: Selector | None) -> LabelSelector | None:
+    if spec is None:
+        return None
+    return LabelSelector(
+        match_labels=dict(spec.matchLabels),
+        expressions=tuple(
+            SelectorRequirement(e.key, SelectorOp(e.operator), frozenset(e.values))
+            for e in spec.matchExpressions
+        ),
+    )
+
+
+def _tier(spec: TierSpec, signals: Sequence[str]) -> Tier:
+    m = spec.match
+    weights = spec.score.weights if spec.score.weights is not None else dict.fromkeys(signals, 1.0)
+    return Tier(
+        name=spec.name,
+        match=TierMatch(
+            priority_class_names=None
+            if m.priorityClassNames is None
+            else frozenset(m.priorityClassNames),
+            min_priority=m.minPriority,
+            max_priority=m.maxPriority,
+            namespaces=None if m.namespaces is None else frozenset(m.namespaces),
+            pod_selector=_selector(m.podSelector),
+        ),
+        ceilings=dict(spec.filter),
+        strategy=Strategy(spec.score.strategy),
+        weights=dict(weights),
+        target=spec.score.target,
+        on_stale=OnStale(spec.onStale),
+    )
+
+
+def compile_rules(doc: PolicyDocument) -> Rules:
+    """Turn a validated document into the core's :class:`Rules`."""
+    signals = tuple(doc.metrics.signals)
+    tiers = tuple(_tier(t, signals) for t in doc.tiers)
+    if doc.defaultTier is not None:
+        default = next(t for t in tiers if t.name == doc.defaultTier)
+    else:
+        default = Tier(
+            name=BUILTIN_DEFAULT_TIER,
+            match=TierMatch(),
+            ceilings={},
+            strategy=Strategy.LEAST_LOADED,
+            weights=dict.fromkeys(signals, 1.0),
+        )
+    est = doc.estimation
+    return Rules(
+        signals=signals,
+        tiers=tiers,
+        default_tier=default,
+        max_age_s=doc.metrics.maxAge,
+        estimation=Estimation(
+            window_s=est.window,
+            prefer=EstimateFrom(est.prefer),
+            requests_factor=est.requestsFactor,
+            default_cpu=est.defaults.cpu,
+            default_memory=est.defaults.memory,
+        ),
+        bypass=Bypass(
+            daemonsets=doc.bypass.daemonSets,
+            namespaces=frozenset(doc.bypass.namespaces),
+            pod_selector=_selector(doc.bypass.podSelector),
+        ),
+    )
+
+
+def load_text(text: str, filename: str, base_dir: FsPath | None = None) -> LoadedPolicy:
+    """Validate and compile policy text; raise :class:`PolicyError` listing every problem."""
+    doc = parse(text)
+    issues = list(doc.issues)
+    document: PolicyDocument | None = None
+    if doc.data is not None:
+        if not isinstance(doc.data, dict):
+            issues.append(
+                Issue(
+                    doc.mark_of(()), (), "a policy must be a mapping (apiVersion, kind, tiers, ...)"
+                )
+            )
+        else:
+            try:
+                document = PolicyDocument.model_validate(doc.data)
+            except ValidationError as exc:
+                issues.extend(_pydantic_issues(doc, exc))
+            issues.extend(_semantic_issues(doc))
+    if issues or document is None:
+        issues.sort(key=lambda i: (i.mark.line, i.mark.column))
+        raise PolicyError(filename, [i.format(filename) for i in issues])
+    return LoadedPolicy(
+        document=document,
+        rules=compile_rules(document),
+        source=filename,
+        base_dir=base_dir,
+        sha256=hashlib.sha256(text.encode()).hexdigest(),
+    )
+
+
+def load_file(path: str | FsPath) -> LoadedPolicy:
+    """Read and load a policy file; unreadable files are a :class:`PolicyError` too."""
+    p = FsPath(path)
+    name = str(path)
+    try:
+        with p.open("rb") as fh:
+            raw = fh.read(MAX_POLICY_BYTES + 1)
+    except OSError as exc:
+        raise PolicyError(
+            name, [f"{name}:0:0: (file): cannot read: {exc.strerror or exc}"]
+        ) from exc
+    if len(raw) > MAX_POLICY_BYTES:
+        raise PolicyError(name, [f"{name}:0:0: (file): larger than {MAX_POLICY_BYTES} bytes"])
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise PolicyError(name, [f"{name}:0:0: (file): not UTF-8 text ({exc.reason})"]) from exc
+    return load_text(text, name, p.resolve().parent)
+
+
+def embedded_default() -> LoadedPolicy:
+    """The policy packaged with the extender, used when no ``--policy`` is given."""
+    files = resources.files("extender") / "defaults"
+    text = (files / "policy.yaml").read_text(encoding="utf-8")
+    with resources.as_file(files) as folder:
+        return load_text(text, EMBEDDED_NAME, FsPath(folder))

@@ -1,0 +1,1 @@
+"""The aiohttp service: scheduler port, admin port, lifecycle."""

@@ -1,0 +1,1 @@
+"""Adapters that produce snapshot parts: static file now; Prometheus and metrics-server next."""

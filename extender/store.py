@@ -1,0 +1,82 @@
+"""The snapshot store: the one place where background updates meet the request path.
+
+Sources and the policy loader hand their parts to the store; the store assembles an immutable
+:class:`State` (snapshot + policy) and swaps it in with one attribute assignment. A request
+handler reads ``store.current`` once and works on that object only, so a swap in the middle of a
+request can never give it half of one snapshot and half of another.
+
+Everything here runs on the event loop thread; none of it awaits.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+
+from extender.core import NodeInfo, PlacedPod, Sample, Snapshot, build_snapshot
+from extender.policy import LoadedPolicy
+
+
+@dataclass(frozen=True, slots=True)
+class State:
+    snapshot: Snapshot
+    policy: LoadedPolicy
+
+
+class SnapshotStore:
+    def __init__(self, policy: LoadedPolicy, clock: Callable[[], float] = time.time) -> None:
+        self._clock = clock
+        self._policy = policy
+        self._nodes: Sequence[NodeInfo] = ()
+        self._samples: Mapping[str, Mapping[str, Sample]] = {}
+        self._placements: Sequence[PlacedPod] = ()
+        self._source_ok_at: float | None = None
+        self.current: State = self._build()
+
+    def _build(self) -> State:
+        rules = self._policy.rules
+        snap = build_snapshot(
+            self._nodes,
+            self._samples,
+            self._placements,
+            signals=rules.signals,
+            source_ok_at=self._source_ok_at,
+            window_s=rules.estimation.window_s,
+            now=self._clock(),
+        )
+        return State(snapshot=snap, policy=self._policy)
+
+    def _swap(self) -> None:
+        self.current = self._build()
+
+    @property
+    def policy(self) -> LoadedPolicy:
+        return self._policy
+
+    def set_policy(self, policy: LoadedPolicy) -> None:
+        self._policy = policy
+        self._swap()
+
+    def set_nodes(self, nodes: Sequence[NodeInfo]) -> None:
+        self._nodes = tuple(nodes)
+        self._swap()
+
+    def set_samples(self, samples: Mapping[str, Mapping[str, Sample]], ok_at: float) -> None:
+        """A successful refresh of the live source, observed as of ``ok_at``."""
+        self._samples = samples
+        self._source_ok_at = ok_at
+        self._swap()
+
+    def set_static(
+        self, nodes: Sequence[NodeInfo], samples: Mapping[str, Mapping[str, Sample]], ok_at: float
+    ) -> None:
+        """Nodes and samples from one read of the static source, in one swap."""
+        self._nodes = tuple(nodes)
+        self._samples = samples
+        self._source_ok_at = ok_at
+        self._swap()
+
+    def set_placements(self, placements: Sequence[PlacedPod]) -> None:
+        self._placements = tuple(placements)
+        self._swap()

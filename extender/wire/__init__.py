@@ -1,0 +1,27 @@
+"""The kube-scheduler extender wire contract (ExtenderArgs in, filter and priority results out)."""
+
+from extender.wire.codec import (
+    FilterArgs,
+    HostPriority,
+    WireError,
+    decode_args,
+    decode_pod,
+    encode_error,
+    encode_filter,
+    encode_filter_pass_all,
+    encode_filter_result,
+    encode_priorities,
+)
+
+__all__ = [
+    "FilterArgs",
+    "HostPriority",
+    "WireError",
+    "decode_args",
+    "decode_pod",
+    "encode_error",
+    "encode_filter",
+    "encode_filter_pass_all",
+    "encode_filter_result",
+    "encode_priorities",
+]
