@@ -179,7 +179,7 @@ class Evaluation:
 
 def _num(x: float | np.floating[Any]) -> float | None:
     v = float(x)
-    return None if math.isnan(v) else round(v, 6)
+    return round(v, 6) if math.isfinite(v) else None
 
 
 def _strategy_parts(tier: Tier, u: FloatArray) -> FloatArray:
@@ -201,7 +201,7 @@ def _combine(tier: Tier, parts: FloatArray, weights: FloatArray, neutral: float)
     w = np.where(np.isnan(parts), 0.0, weights[:, None])
     total = w.sum(axis=0)
     p = np.nan_to_num(parts)
-    with np.errstate(invalid="ignore", divide="ignore"):
+    with np.errstate(all="ignore"):
         mean = (p * w).sum(axis=0) / total
         if tier.strategy is Strategy.BALANCED:
             var = (w * (p - mean) ** 2).sum(axis=0) / total
@@ -222,7 +222,7 @@ def evaluate(
     nsig = len(signals)
     values = snap.values[:, cols]
     ages = now - snap.sampled_at[:, cols]
-    with np.errstate(invalid="ignore"):
+    with np.errstate(all="ignore"):
         fresh = ~np.isnan(values) & (np.abs(ages) <= rules.max_age_s)
     alloc = snap.allocatable[:, cols]
     if candidates.allocatable is not None:
@@ -230,7 +230,7 @@ def evaluate(
     placed = np.nan_to_num(snap.placed[:, cols])
     estimate = estimate_pod(pod, rules.estimation)
     est = np.array(estimate)[:, None]
-    with np.errstate(invalid="ignore", divide="ignore"):
+    with np.errstate(all="ignore"):
         known_alloc = alloc > 0
         added = np.where(known_alloc, (placed + est) / alloc, 0.0)
         by_requests = np.where(
@@ -285,7 +285,7 @@ def evaluate(
         usage = requested_usage
         stale: BoolArray = np.zeros(count, dtype=bool)
     else:
-        with np.errstate(invalid="ignore"):
+        with np.errstate(all="ignore"):
             over = fresh & (projection > ceilings[:, None])
         bits = (1 << np.arange(nsig, dtype=np.int64))[:, None]
         over_mask = (over * bits).sum(axis=0)

@@ -186,6 +186,8 @@ def _selector_issues(sel: Any, path: Path, add: Any) -> None:
         return
     for j, expr in enumerate(exprs):
         op, values = _get(expr, "operator"), _get(expr, "values")
+        if values is None:
+            values = []
         if not isinstance(values, list):
             continue
         if op in ("In", "NotIn") and not values:
@@ -279,7 +281,9 @@ def load_text(text: str, filename: str, base_dir: FsPath | None = None) -> Loade
             try:
                 document = PolicyDocument.model_validate(doc.data)
             except ValidationError as exc:
-                issues.extend(_pydantic_issues(doc, exc))
+                # A value already reported by the YAML pass is not reported again by type.
+                reported = {i.path for i in doc.issues}
+                issues.extend(i for i in _pydantic_issues(doc, exc) if i.path not in reported)
             issues.extend(_semantic_issues(doc))
     if issues or document is None:
         issues.sort(key=lambda i: (i.mark.line, i.mark.column))

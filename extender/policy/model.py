@@ -7,10 +7,18 @@ JSON schema in ``config/policy.schema.json`` is generated from these models
 
 from __future__ import annotations
 
+import math
 import re
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, WithJsonSchema
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    WithJsonSchema,
+)
 
 from extender.core.quantity import QuantityError, parse_quantity
 
@@ -28,6 +36,8 @@ def parse_duration(value: Any) -> Any:
     if isinstance(value, bool):
         raise ValueError("expected a duration such as 15s, 2m or 1m30s")
     if isinstance(value, int | float):
+        if not math.isfinite(value):
+            raise ValueError("a duration must be a finite number of seconds")
         return float(value)
     if not isinstance(value, str):
         return value  # let the float validator report the type
@@ -83,6 +93,33 @@ Ratio = Annotated[float, Field(ge=0, le=10)]
 """A utilization ceiling; above 1 is allowed (memory overcommit) but bounded against typos."""
 
 
+def _pair(value: Any) -> Any:
+    """YAML gives a list; strict mode accepts only a tuple."""
+    return tuple(value) if isinstance(value, list) else value
+
+
+def _ordered(value: tuple[float, float]) -> tuple[float, float]:
+    if value[0] > value[1]:
+        raise ValueError(f"[{value[0]}, {value[1]}]: the minimum is above the maximum")
+    return value
+
+
+ValueRange = Annotated[
+    tuple[float, float],
+    BeforeValidator(_pair),
+    AfterValidator(_ordered),
+    WithJsonSchema(
+        {
+            "type": "array",
+            "prefixItems": [{"type": "number"}, {"type": "number"}],
+            "minItems": 2,
+            "maxItems": 2,
+            "description": "[min, max], both included: the values a signal's samples may take.",
+        }
+    ),
+]
+
+
 class _Model(BaseModel):
     model_config = ConfigDict(
         extra="forbid",
@@ -103,6 +140,16 @@ class PrometheusSource(_Model):
     """Per query. Refreshes run in the background, so this never delays a scheduling answer."""
     nodeLabel: str = "node"
     """The label that carries the Kubernetes node name on every series the queries return."""
+    maxResponseBytes: Annotated[int, Field(ge=1 << 10, le=1 << 30)] = 16 << 20
+    """Largest answer read for one query (after decompression); a larger one fails that query.
+    16 MiB holds 15,000 nodes (Kubernetes' supported maximum) at 1 KB a series, which is a raw
+    series with a dozen labels (an aggregated one is about 150 bytes); it stops a query that
+    forgot its ``by (node)`` from pulling every raw series into memory."""
+    ranges: dict[SignalName, ValueRange] = Field(default_factory=dict)
+    """Per signal: the values its samples may take, ``[min, max]``; default ``[0, 1]`` (a
+    utilization ratio). A sample outside is rejected and counted, and that node's signal is
+    missing; values within 2% of the span outside are clamped instead, since ``rate()`` over
+    jittery scrapes overshoots that much. Signals not declared in ``signals`` are ignored."""
 
 
 class StaticSource(_Model):

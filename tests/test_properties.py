@@ -1,0 +1,131 @@
+"""Reply invariants over generated pods, nodes and samples (hypothesis)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from extender.core import (
+    Candidates,
+    ContainerResources,
+    NodeInfo,
+    OnStale,
+    PlacedPod,
+    PodInfo,
+    Sample,
+    Strategy,
+    build_snapshot,
+    evaluate,
+)
+from extender.wire import FilterArgs, encode_filter, encode_priorities
+from tests.builders import NOW, rules, tier
+
+names = st.text(alphabet="abcdefghij-0123456789", min_size=1, max_size=6)
+ratio = st.floats(min_value=0, max_value=1.5, allow_nan=False)
+maybe_ratio = st.none() | ratio
+quantity = st.none() | st.floats(min_value=0, max_value=64, allow_nan=False)
+
+
+@st.composite
+def scenarios(draw):
+    known = draw(st.lists(names, max_size=12, unique=True))
+    nodes = [
+        NodeInfo(
+            n,
+            draw(st.none() | st.floats(min_value=0, max_value=64)),
+            draw(st.none() | st.floats(min_value=0, max_value=2**36)),
+            draw(quantity),
+            draw(quantity),
+        )
+        for n in known
+    ]
+    samples = {
+        n: {
+            sig: Sample(v, NOW - draw(st.floats(min_value=-100, max_value=300)))
+            for sig in ("cpu", "memory")
+            if (v := draw(maybe_ratio)) is not None
+        }
+        for n in known
+    }
+    placements = [
+        PlacedPod(draw(st.sampled_from(known)), draw(ratio), draw(ratio) * 2**30, NOW - 10)
+        for _ in range(draw(st.integers(0, 5)))
+        if known
+    ]
+    snap = build_snapshot(
+        nodes,
+        samples,
+        placements,
+        signals=("cpu", "memory"),
+        source_ok_at=draw(st.sampled_from([None, NOW, NOW - 30, NOW - 3600])),
+        window_s=90,
+        now=NOW,
+    )
+    # candidates: known names, unknown names, in any order, no duplicates
+    pick = (st.sampled_from(known) | names) if known else names
+    candidates = draw(st.lists(pick, unique=True, max_size=15))
+    t = tier(
+        "x",
+        ceilings=draw(st.dictionaries(st.sampled_from(["cpu", "memory"]), ratio)),
+        strategy=draw(st.sampled_from(list(Strategy))),
+        weights=draw(
+            st.dictionaries(st.sampled_from(["cpu", "memory"]), st.floats(0.1, 5), min_size=1)
+        ),
+        on_stale=draw(st.sampled_from(list(OnStale))),
+        target=draw(st.floats(0.05, 0.95)),
+    )
+    pod = PodInfo(
+        "ns",
+        "p",
+        priority=draw(st.integers(-10, 10**9)),
+        containers=tuple(
+            ContainerResources(draw(quantity), draw(quantity), draw(quantity), draw(quantity))
+            for _ in range(draw(st.integers(0, 3)))
+        ),
+    )
+    return pod, snap, candidates, rules(t)
+
+
+@settings(max_examples=300, deadline=None)
+@given(scenarios())
+def test_reply_invariants(scenario):
+    pod, snap, candidates, r = scenario
+    ev = evaluate(pod, Candidates(candidates), snap, r, NOW)
+    args = FilterArgs(pod=pod, candidates=Candidates(candidates), full_nodes=None)
+    reply = json.loads(encode_filter(args, ev))
+    kept = reply["NodeNames"]
+    failed = reply["FailedAndUnresolvableNodes"]
+    # filter: kept names are a subset of the input, in input order; nothing both kept and failed;
+    # every input node is either kept or failed
+    assert set(kept) <= set(candidates)
+    assert kept == [n for n in candidates if n in set(kept)]
+    assert not set(kept) & set(failed)
+    assert set(kept) | set(failed) == set(candidates)
+    assert reply["FailedNodes"] == {}
+    assert reply["Error"] == ""
+    # reasons are short and aggregate: no node names, no digits
+    for reason in failed.values():
+        assert not any(ch.isdigit() for ch in reason)
+        assert len(reason) < 64
+    # prioritize: every input node exactly once, integer scores 0..10
+    prio = json.loads(encode_priorities(candidates, ev.scores.tolist()))
+    assert [e["Host"] for e in prio] == candidates
+    assert all(type(e["Score"]) is int and 0 <= e["Score"] <= 10 for e in prio)
+    # the explanation agrees with the verdict
+    for i in range(len(candidates)):
+        x = ev.explain(i)
+        assert x["kept"] == (candidates[i] in kept)
+        assert x["score"] == prio[i]["Score"]
+        json.dumps(x, allow_nan=False)  # explanations are valid JSON
+
+
+@settings(max_examples=100, deadline=None)
+@given(scenarios())
+def test_fallback_never_rejects(scenario):
+    pod, snap, candidates, r = scenario
+    ev = evaluate(pod, Candidates(candidates), snap, r, NOW)
+    if ev.fallback:
+        assert bool(np.all(ev.keep))
