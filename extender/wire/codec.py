@@ -221,7 +221,10 @@ def decode_args(body: bytes) -> FilterArgs:
 # --- encode: exact Go field names ---------------------------------------------------------------
 
 
-class HostPriority(msgspec.Struct):
+class HostPriority(msgspec.Struct, gc=False):
+    """One entry of HostPriorityList. ``gc=False``: thousands are built per reply and hold no
+    references that could form a cycle, so the garbage collector need not track them."""
+
     Host: str
     Score: int
 
@@ -288,4 +291,6 @@ def encode_error(message: str) -> bytes:
 
 def encode_priorities(names: list[str] | tuple[str, ...], scores: list[int]) -> bytes:
     """HostPriorityList: ``[{"Host": name, "Score": int}]``, one entry per input node."""
-    return _encoder.encode([HostPriority(n, s) for n, s in zip(names, scores, strict=True)])
+    if len(names) != len(scores):
+        raise ValueError(f"{len(names)} names but {len(scores)} scores")
+    return _encoder.encode(list(map(HostPriority, names, scores)))

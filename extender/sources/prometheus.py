@@ -1,0 +1,691 @@
+"""The Prometheus metrics source: live node utilization, one instant query per signal.
+
+Every ``refreshInterval`` (give or take :data:`JITTER`), each query in ``metrics.signals`` runs
+once against ``/api/v1/query`` for all nodes, all queries at the same time. The answers are checked
+sample by sample and handed to the store in one swap. The request path never waits on any of it.
+
+What an answer goes through:
+
+* the whole query, connect to last byte, gets ``timeout`` seconds; the body is read as a stream
+  and abandoned past ``maxResponseBytes``;
+* typed msgspec decoding (a 5,000-series vector in a few milliseconds) that accepts Prometheus'
+  envelope with an instant vector inside and nothing else;
+* per sample: a node name, from the label named by ``nodeLabel`` or else from the ``instance``
+  label through the address map of :meth:`PrometheusSource.set_addresses` (no guessing from the
+  text of the address); a finite value inside the signal's range; a positive timestamp; and no
+  other sample for the same node. A node that appears twice in one vector is dropped with every
+  one of its samples: the query does not aggregate by node, and neither value deserves more trust
+  than the other (keeping the first would make the answer depend on series order).
+
+Failures stay inside one query. A query that fails, or yields no usable sample, keeps its signal's
+previous samples, which age by their own timestamps until decisions count them as stale; the
+source counts as refreshed (``ok_at``) when at least one query produced samples, so a Prometheus
+that answers nothing useful ends, after ``maxAge``, in the request-based fallback rather than in
+every node being judged stale. A signal whose query succeeds is replaced whole: a node missing
+from the answer is missing, since Prometheus already applied its own lookback.
+
+Timestamps are the ones Prometheus returns. For an instant query that is the evaluation time, not
+the time of the scrape underneath: a series stops being fresh when Prometheus drops it (staleness
+markers as soon as a target or a rule's input disappears, else its 5-minute lookback).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import random
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+
+import aiohttp
+import msgspec
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from extender.core import Sample
+from extender.policy.model import PrometheusSource as PrometheusSettings
+from extender.store import SnapshotStore
+
+log = logging.getLogger(__name__)
+
+QUERY_PATH = "/api/v1/query"
+
+INSTANCE_LABEL = "instance"
+"""Prometheus' scrape address label (``host:port``), the fallback node identity."""
+
+DEFAULT_RANGE = (0.0, 1.0)
+"""A signal without a declared range is a utilization ratio."""
+
+RANGE_SLACK = 0.02
+"""Fraction of a range's span by which a value may fall outside it and still be clamped into it:
+``rate()`` over scrapes that arrive with jitter overshoots by a few parts in a thousand (an idle
+node reads -0.003), and rejecting those would hide idle nodes. Anything farther out is a wrong
+query (a percentage, bytes) and is rejected."""
+
+JITTER = 0.1
+"""Each wait is the refresh interval ±10%, so that replicas of the extender started together do
+not query Prometheus in lockstep."""
+
+MIN_INTERVAL_S = 1.0
+"""Floor of the wait between refreshes: Prometheus evaluates rules at most every second, and a
+``refreshInterval`` of 0 must not become a busy loop against it."""
+
+MAX_RETRY_AFTER_S = 300.0
+"""A ``Retry-After`` on 429 or 503 is honoured up to this long (the lookback of Prometheus, past
+which waiting buys nothing); a bogus header of hours cannot silence the source."""
+
+ERROR_BODY_BYTES = 4 << 10
+"""How much of a non-200 body is read for the log: Prometheus' error JSON is a few hundred bytes;
+an HTML error page from a proxy is cut here."""
+
+LOGGED_TEXT_CHARS = 300
+"""Longest piece of a foreign body quoted in a log line."""
+
+#: Refreshes take milliseconds on a healthy Prometheus; the top bucket is twice the default query
+#: timeout (5 s), which a refresh cannot exceed by much.
+REFRESH_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+#: The ``result`` label of :attr:`PrometheusSourceMetrics.queries`. ``ok``: at least one usable
+#: sample; ``empty``: no series at all (a missing recording rule, a wrong label); then the
+#: failures of :class:`PrometheusError`, and ``internal_error`` for a bug here.
+RESULTS = (
+    "ok",
+    "empty",
+    "no_valid_samples",
+    "timeout",
+    "connection_error",
+    "rate_limited",
+    "unavailable",
+    "http_error",
+    "query_error",
+    "too_large",
+    "bad_response",
+    "internal_error",
+)
+
+#: The ``reason`` label of :attr:`PrometheusSourceMetrics.rejected`.
+REASONS = (
+    "missing_label",
+    "duplicate",
+    "nan",
+    "infinite",
+    "out_of_range",
+    "bad_value",
+    "bad_timestamp",
+)
+
+
+class PrometheusError(Exception):
+    """One query failed. ``result`` is its bounded metric label; library errors are chained.
+
+    ::
+
+        PrometheusError.result
+          timeout           no complete answer within ``timeout``
+          connection_error  refused, reset, name not resolved, body cut short
+          rate_limited      HTTP 429
+          unavailable       HTTP 502, 503, 504
+          http_error        any other status but 200
+          query_error       Prometheus' ``"status": "error"`` (bad PromQL, failed evaluation)
+          too_large         body above ``maxResponseBytes``
+          bad_response      not Prometheus JSON, truncated, or not an instant vector
+    """
+
+    def __init__(self, result: str, message: str, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.result = result
+        self.retry_after = retry_after
+        """Seconds the server asked us to wait (``Retry-After``), if it did."""
+
+
+# --- decoding -------------------------------------------------------------------------------------
+
+
+class _Series(msgspec.Struct, gc=False):
+    metric: dict[str, str]
+    value: tuple[float, str]
+
+
+class _Data(msgspec.Struct):
+    resultType: str
+    result: msgspec.Raw
+
+
+class _Answer(msgspec.Struct):
+    status: str
+    data: _Data | None = None
+    errorType: str = ""
+    error: str = ""
+
+
+_ANSWER = msgspec.json.Decoder(_Answer)
+_VECTOR = msgspec.json.Decoder(list[_Series])
+
+
+@dataclass(slots=True)
+class Vector:
+    """One checked instant vector."""
+
+    samples: dict[str, Sample]
+    """Node name to its sample, for the samples that passed every check."""
+    series: int
+    """Series in the answer, usable or not."""
+    rejected: dict[str, int] = field(default_factory=dict)
+    """Reason (one of :data:`REASONS`) to the number of series rejected for it."""
+    unmapped: int = 0
+    """Series with only an ``instance`` address that the address map does not know."""
+    examples: dict[str, str] = field(default_factory=dict)
+    """Reason (or ``unmapped``) to the first such series, described for the log."""
+
+
+def _host(address: str) -> str:
+    """``10.0.0.1:9100`` -> ``10.0.0.1``; ``[fd00::1]:9100`` -> ``fd00::1``; else unchanged."""
+    if address.startswith("["):
+        end = address.find("]")
+        return address[1:end] if end > 0 else address
+    if address.count(":") == 1:
+        return address.partition(":")[0]
+    return address
+
+
+def _short(text: object) -> str:
+    s = str(text)
+    return s if len(s) <= LOGGED_TEXT_CHARS else s[:LOGGED_TEXT_CHARS] + "..."
+
+
+def parse_vector(
+    body: bytes,
+    *,
+    node_label: str = "node",
+    addresses: Mapping[str, str] | None = None,
+    value_range: tuple[float, float] = DEFAULT_RANGE,
+) -> Vector:
+    """Decode one ``/api/v1/query`` answer and check every sample.
+
+    Raises :class:`PrometheusError` (``query_error`` or ``bad_response``) when the answer as a
+    whole is unusable; a bad sample is only counted in :attr:`Vector.rejected`.
+    """
+    try:
+        answer = _ANSWER.decode(body)
+    except msgspec.DecodeError as exc:
+        raise PrometheusError(
+            "bad_response",
+            f"not a Prometheus API answer ({exc}): "
+            f"{_short(body[:LOGGED_TEXT_CHARS].decode('utf-8', 'replace'))}",
+        ) from exc
+    if answer.status != "success":
+        raise PrometheusError(
+            "query_error",
+            f"Prometheus answered status {answer.status!r}: "
+            f"{answer.errorType or 'error'}: {_short(answer.error or '(no message)')}",
+        )
+    if answer.data is None:
+        raise PrometheusError("bad_response", "a success answer without 'data'")
+    if answer.data.resultType != "vector":
+        raise PrometheusError(
+            "bad_response",
+            f"the query returns a {answer.data.resultType!r}, not an instant vector: "
+            "it must return one series per node",
+        )
+    try:
+        series = _VECTOR.decode(answer.data.result)
+    except msgspec.DecodeError as exc:
+        raise PrometheusError("bad_response", f"malformed vector: {exc}") from exc
+
+    lo, hi = value_range
+    slack = RANGE_SLACK * (hi - lo)
+    lo_cut, hi_cut = lo - slack, hi + slack
+    addr = addresses or {}
+    samples: dict[str, Sample] = {}
+    seen: set[str] = set()
+    repeats: dict[str, int] = {}
+    rejected: dict[str, int] = {}
+    examples: dict[str, str] = {}
+    unmapped = 0
+
+    def reject(reason: str, detail: str) -> None:
+        rejected[reason] = rejected.get(reason, 0) + 1
+        if reason not in examples:
+            examples[reason] = detail
+
+    for s in series:
+        labels = s.metric
+        name = labels.get(node_label)
+        if not name:
+            address = labels.get(INSTANCE_LABEL)
+            if not address:
+                reject("missing_label", f"series {_short(labels)} has no {node_label!r} label")
+                continue
+            name = addr.get(address) or addr.get(_host(address))
+            if name is None:
+                unmapped += 1
+                examples.setdefault("unmapped", f"instance {address!r} is not a known address")
+                continue
+        if name in seen:
+            repeats[name] = repeats.get(name, 0) + 1
+            continue
+        seen.add(name)
+        ts, text = s.value
+        try:
+            v = float(text)
+        except ValueError:
+            reject("bad_value", f"node {name}: value {_short(text)!r} is not a number")
+            continue
+        if not ts > 0:
+            reject("bad_timestamp", f"node {name}: timestamp {ts}")
+        elif math.isnan(v):
+            reject("nan", f"node {name}: value NaN")
+        elif v in (math.inf, -math.inf):
+            reject("infinite", f"node {name}: value {text}")
+        elif v < lo or v > hi:
+            if lo_cut <= v <= hi_cut:
+                samples[name] = Sample(min(max(v, lo), hi), ts)
+            else:
+                reject("out_of_range", f"node {name}: value {v:g} outside [{lo:g}, {hi:g}]")
+        else:
+            samples[name] = Sample(v, ts)
+
+    for name, extra in repeats.items():
+        dropped = extra + (1 if samples.pop(name, None) is not None else 0)
+        rejected["duplicate"] = rejected.get("duplicate", 0) + dropped
+        examples.setdefault("duplicate", f"node {name} appears {extra + 1} times")
+    return Vector(samples, len(series), rejected, unmapped, examples)
+
+
+# --- metrics --------------------------------------------------------------------------------------
+
+
+class PrometheusSourceMetrics:
+    """The source's own metrics. Labels are signal names (declared in the policy), results and
+    reasons: bounded sets, never node names."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.registry = registry
+        self.queries = Counter(
+            "priority_extender_prometheus_queries",
+            "Prometheus queries by signal and result (see RESULTS in the source).",
+            ["signal", "result"],
+            registry=registry,
+        )
+        self.rejected = Counter(
+            "priority_extender_prometheus_rejected_samples",
+            "Samples dropped by the checks, by signal and reason; the node's signal is missing.",
+            ["signal", "reason"],
+            registry=registry,
+        )
+        self.unmapped = Counter(
+            "priority_extender_prometheus_unmapped_series",
+            "Series identified only by an instance address that maps to no known node.",
+            ["signal"],
+            registry=registry,
+        )
+        self.series = Gauge(
+            "priority_extender_prometheus_query_series",
+            "Series in the last answer to each signal's query; 0 means the query matches "
+            "nothing (a recording rule not loaded, or the node label missing).",
+            ["signal"],
+            registry=registry,
+        )
+        self.last_success = Gauge(
+            "priority_extender_prometheus_last_success_timestamp_seconds",
+            "When a refresh last produced samples (at least one query succeeded).",
+            registry=registry,
+        )
+        self.refresh_duration = Histogram(
+            "priority_extender_prometheus_refresh_duration_seconds",
+            "Time for one refresh: every query, its checks and the snapshot swap.",
+            buckets=REFRESH_BUCKETS,
+            registry=registry,
+        )
+        self._known: set[str] = set()
+
+    def signal(self, name: str) -> None:
+        """Create every label combination of a signal, so that zeros are visible."""
+        if name in self._known:
+            return
+        self._known.add(name)
+        for result in RESULTS:
+            self.queries.labels(name, result)
+        for reason in REASONS:
+            self.rejected.labels(name, reason)
+        self.unmapped.labels(name)
+
+
+# --- the source -----------------------------------------------------------------------------------
+
+
+def _retry_after(value: str | None) -> float | None:
+    """The delta-seconds form of ``Retry-After``; the HTTP-date form is ignored."""
+    if value is None:
+        return None
+    try:
+        seconds = float(value)
+    except ValueError:
+        return None
+    return seconds if math.isfinite(seconds) and seconds >= 0 else None
+
+
+def _error_text(body: bytes) -> tuple[bool, str]:
+    """(whether it is Prometheus' error JSON, its message or else the start of the body)."""
+    try:
+        answer = _ANSWER.decode(body)
+    except msgspec.DecodeError:
+        return False, _short(body.decode("utf-8", "replace").strip()) or "(empty body)"
+    ours = answer.status == "error"
+    return ours, f"{answer.errorType or answer.status}: {_short(answer.error or '(no message)')}"
+
+
+async def _read_capped(resp: aiohttp.ClientResponse, limit: int, *, cut: bool = False) -> bytes:
+    """Read the body chunk by chunk; past ``limit`` bytes raise ``too_large`` (or cut it)."""
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in resp.content.iter_any():
+        size += len(chunk)
+        if size > limit:
+            if cut:
+                chunks.append(chunk[: len(chunk) - (size - limit)])
+                break
+            raise PrometheusError(
+                "too_large", f"answer larger than maxResponseBytes ({limit} bytes)"
+            )
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+@dataclass(frozen=True, slots=True)
+class _Outcome:
+    samples: dict[str, Sample] | None
+    """None when the query failed or yielded nothing usable."""
+    retry_after: float | None = None
+
+
+class PrometheusSource:
+    """Queries Prometheus into the store now and then every ``refreshInterval``.
+
+    Settings are read from the store's policy at each refresh, so a reloaded policy applies at
+    the next one. ``clock`` stamps ``ok_at``; ``sleep`` and ``rand`` pace :meth:`run`; a given
+    ``session`` is used and left open, else one is created and closed by :meth:`close`.
+    """
+
+    def __init__(
+        self,
+        store: SnapshotStore,
+        metrics: PrometheusSourceMetrics | None = None,
+        *,
+        clock: Callable[[], float] = time.time,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        rand: Callable[[], float] = random.random,
+        session: aiohttp.ClientSession | None = None,
+    ) -> None:
+        self.store = store
+        self.metrics = (
+            metrics if metrics is not None else PrometheusSourceMetrics(CollectorRegistry())
+        )
+        self.clock = clock
+        self._sleep = sleep
+        self._rand = rand
+        self._session = session
+        self._own_session = session is None
+        self._lock = asyncio.Lock()
+        self._addresses: dict[str, str] = {}
+        self._samples: dict[str, dict[str, Sample]] = {}
+        """Signal to node to sample: the last usable answer of each signal's query."""
+        self._problems: dict[str, str] = {}
+        """Signal to the last problem logged for it, so each is logged once, not every refresh."""
+        self.retry_after: float | None = None
+        """The longest ``Retry-After`` of the last refresh; :meth:`run` waits at least that."""
+        self.results: dict[str, str] = {}
+        """Signal to the result of its last query (one of :data:`RESULTS`)."""
+        self.refreshes_ok = 0
+
+    @property
+    def settings(self) -> PrometheusSettings:
+        return self.store.policy.document.metrics.prometheus
+
+    def set_addresses(self, addresses: Mapping[str, str] | None) -> None:
+        """Scrape addresses (IP, host name, or ``host:port``) to node names, for series that
+        carry an ``instance`` label instead of the node label. Used from the next refresh."""
+        self._addresses = dict(addresses or {})
+
+    async def __aenter__(self) -> PrometheusSource:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        """Close the session this source created (a given session is the giver's to close)."""
+        if self._own_session and self._session is not None:
+            session, self._session = self._session, None
+            await session.close()
+
+    def _client(self) -> aiohttp.ClientSession:
+        if self._session is None or self._session.closed:
+            self._session = aiohttp.ClientSession(
+                # Each query is bounded by asyncio.timeout in _fetch, from connect to last byte.
+                timeout=aiohttp.ClientTimeout(total=None),
+                headers={"Accept": "application/json", "User-Agent": "priority-extender"},
+                # In-cluster Prometheus is reached directly; a proxy from the environment
+                # without a matching NO_PROXY would silently route queries through it.
+                trust_env=False,
+            )
+        return self._session
+
+    # --- one refresh ------------------------------------------------------------------------------
+
+    async def refresh(self, *, startup: bool = False) -> bool:
+        """Run every query once; True when at least one produced samples. Never raises.
+
+        Calls never overlap: a second caller waits for the running refresh, then runs its own.
+        ``startup`` warns loudly about every query that matches no series.
+        """
+        async with self._lock:
+            started = time.perf_counter()
+            try:
+                return await self._refresh(startup)
+            finally:
+                self.metrics.refresh_duration.observe(time.perf_counter() - started)
+
+    async def _refresh(self, startup: bool) -> bool:
+        metrics_settings = self.store.policy.document.metrics
+        prom = metrics_settings.prometheus
+        queries = dict(metrics_settings.signals)
+        session = self._client()
+        url = prom.url.rstrip("/") + QUERY_PATH
+        outcomes = await asyncio.gather(
+            *(
+                self._query(session, url, prom, signal, promql, startup)
+                for signal, promql in queries.items()
+            )
+        )
+        waits = [o.retry_after for o in outcomes if o.retry_after is not None]
+        self.retry_after = max(waits) if waits else None
+        for signal in list(self._samples):
+            if signal not in queries:
+                del self._samples[signal]
+        succeeded = False
+        for signal, outcome in zip(queries, outcomes, strict=True):
+            if outcome.samples is not None:
+                self._samples[signal] = outcome.samples
+                succeeded = True
+        if not succeeded:
+            return False
+        ok_at = self.clock()
+        self.store.set_samples(self._merged(), ok_at)
+        self.metrics.last_success.set(ok_at)
+        self.refreshes_ok += 1
+        return True
+
+    def _merged(self) -> dict[str, dict[str, Sample]]:
+        merged: dict[str, dict[str, Sample]] = {}
+        for signal, per_node in self._samples.items():
+            for node, sample in per_node.items():
+                entry = merged.get(node)
+                if entry is None:
+                    merged[node] = entry = {}
+                entry[signal] = sample
+        return merged
+
+    async def _query(
+        self,
+        session: aiohttp.ClientSession,
+        url: str,
+        prom: PrometheusSettings,
+        signal: str,
+        promql: str,
+        startup: bool,
+    ) -> _Outcome:
+        self.metrics.signal(signal)
+        try:
+            body = await self._fetch(session, url, promql, prom.timeout, prom.maxResponseBytes)
+            vector = parse_vector(
+                body,
+                node_label=prom.nodeLabel,
+                addresses=self._addresses,
+                value_range=prom.ranges.get(signal, DEFAULT_RANGE),
+            )
+        except PrometheusError as exc:
+            self._failed(signal, exc.result, str(exc), promql)
+            return _Outcome(None, exc.retry_after)
+        except TimeoutError:
+            self._failed(signal, "timeout", f"no complete answer within {prom.timeout:g}s", promql)
+            return _Outcome(None)
+        except aiohttp.ClientError as exc:
+            self._failed(signal, "connection_error", f"{type(exc).__name__}: {exc}", promql)
+            return _Outcome(None)
+        except Exception as exc:
+            log.exception("prometheus: unexpected error querying signal %r", signal)
+            self._failed(signal, "internal_error", f"{type(exc).__name__}: {exc}", promql)
+            return _Outcome(None)
+        return _Outcome(self._account(signal, promql, vector, prom.nodeLabel, startup))
+
+    async def _fetch(
+        self, session: aiohttp.ClientSession, url: str, promql: str, timeout: float, limit: int
+    ) -> bytes:
+        # Never send ``time``: Prometheus evaluates at its own now, whatever our clock says.
+        params = {"query": promql, "timeout": f"{timeout:g}"}
+        async with asyncio.timeout(timeout), session.get(url, params=params) as resp:
+            if resp.status != 200:
+                ours, text = _error_text(await _read_capped(resp, ERROR_BODY_BYTES, cut=True))
+                retry = _retry_after(resp.headers.get("Retry-After"))
+                message = f"HTTP {resp.status}: {text}"
+                if resp.status == 429:
+                    raise PrometheusError("rate_limited", message, retry)
+                if resp.status in (502, 503, 504):
+                    # Prometheus itself answers 503 for a query timeout or an overload.
+                    raise PrometheusError("unavailable", message, retry)
+                # 400 bad_data (the PromQL), 422 execution: the query is wrong, not the server.
+                raise PrometheusError("query_error" if ours else "http_error", message)
+            if resp.content_length is not None and resp.content_length > limit:
+                raise PrometheusError(
+                    "too_large",
+                    f"answer of {resp.content_length} bytes is larger than maxResponseBytes "
+                    f"({limit} bytes)",
+                )
+            return await _read_capped(resp, limit)
+
+    def _account(
+        self, signal: str, promql: str, vector: Vector, node_label: str, startup: bool
+    ) -> dict[str, Sample] | None:
+        m = self.metrics
+        m.series.labels(signal).set(vector.series)
+        for reason, count in vector.rejected.items():
+            m.rejected.labels(signal, reason).inc(count)
+        if vector.unmapped:
+            m.unmapped.labels(signal).inc(vector.unmapped)
+        if vector.series == 0:
+            message = (
+                f"the query matches no series; is the recording rule loaded "
+                f"(config/prometheus-rules.yaml) and does every series keep the {node_label!r} "
+                f"label?"
+            )
+            if startup:
+                log.warning(
+                    "prometheus: signal %r has NO DATA at start-up: %s query: %s",
+                    signal,
+                    message,
+                    promql,
+                )
+                self._problems[signal] = "empty"
+            self._failed(signal, "empty", message, promql)
+            return None
+        dropped = sum(vector.rejected.values()) + vector.unmapped
+        detail = ""
+        if dropped:
+            kinds = dict(vector.rejected)
+            if vector.unmapped:
+                kinds["unmapped"] = vector.unmapped
+            detail = (
+                f"{dropped} of {vector.series} series unusable ("
+                + ", ".join(f"{k}={n}" for k, n in sorted(kinds.items()))
+                + "); e.g. "
+                + "; ".join(vector.examples[k] for k in sorted(kinds) if k in vector.examples)
+            )
+        if not vector.samples:
+            self._failed(signal, "no_valid_samples", detail, promql)
+            return None
+        m.queries.labels(signal, "ok").inc()
+        self.results[signal] = "ok"
+        problem = "partial:" + ",".join(sorted(vector.rejected)) if dropped else ""
+        if problem != self._problems.get(signal, ""):
+            if problem:
+                log.warning("prometheus: signal %r: %s (query: %s)", signal, detail, promql)
+            else:
+                log.info(
+                    "prometheus: signal %r healthy again: %d nodes", signal, len(vector.samples)
+                )
+        self._problems[signal] = problem
+        return vector.samples
+
+    def _failed(self, signal: str, result: str, message: str, promql: str) -> None:
+        """Count a failed query; log it when its kind differs from the last one logged."""
+        self.metrics.queries.labels(signal, result).inc()
+        self.results[signal] = result
+        if self._problems.get(signal) != result:
+            keeping = "keeping its previous samples until they go stale"
+            log.warning(
+                "prometheus: signal %r query failed (%s), %s: %s (query: %s)",
+                signal,
+                result,
+                keeping,
+                message,
+                promql,
+            )
+        self._problems[signal] = result
+
+    # --- the loop ---------------------------------------------------------------------------------
+
+    def next_delay(self) -> float:
+        """Seconds until the next refresh: the interval with jitter, at least any Retry-After."""
+        interval = self.settings.refreshInterval
+        delay = interval * (1.0 + JITTER * (2.0 * self._rand() - 1.0))
+        if self.retry_after is not None:
+            delay = max(delay, min(self.retry_after, MAX_RETRY_AFTER_S))
+        return max(delay, MIN_INTERVAL_S)
+
+    async def run(self) -> None:
+        """Refresh after every :meth:`next_delay`, forever; the first refresh is the caller's.
+
+        Cancelling it is the way to stop it; the session is closed on the way out.
+        """
+        try:
+            while True:
+                await self._sleep(self.next_delay())
+                try:
+                    await self.refresh()
+                except Exception:  # refresh contains its errors; this guards the loop itself
+                    log.exception("prometheus: refresh failed unexpectedly; retrying next time")
+        finally:
+            await self.close()
+
+
+__all__ = [
+    "REASONS",
+    "RESULTS",
+    "PrometheusError",
+    "PrometheusSource",
+    "PrometheusSourceMetrics",
+    "Vector",
+    "parse_vector",
+]
