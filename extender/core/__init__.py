@@ -24,6 +24,12 @@ from extender.core.model import (
     empty_snapshot,
     estimate_pod,
 )
+from extender.core.preempt import (
+    PreemptCandidate,
+    PreemptionDecision,
+    Victim,
+    decide_preemption,
+)
 from extender.core.quantity import QuantityError, parse_quantity
 from extender.core.rules import (
     RESOURCES,
@@ -55,6 +61,8 @@ __all__ = [
     "OnStale",
     "PlacedPod",
     "PodInfo",
+    "PreemptCandidate",
+    "PreemptionDecision",
     "QuantityError",
     "Rules",
     "Sample",
@@ -64,8 +72,10 @@ __all__ = [
     "Strategy",
     "Tier",
     "TierMatch",
+    "Victim",
     "build_snapshot",
     "bypass_reason",
+    "decide_preemption",
     "empty_snapshot",
     "estimate_pod",
     "evaluate",

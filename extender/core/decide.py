@@ -88,6 +88,9 @@ class Candidates:
     names: Sequence[str]
     allocatable: FloatArray | None = None
     """(resources, candidates) cpu cores and memory bytes; NaN where a Node did not say."""
+    freed: FloatArray | None = None
+    """(resources, candidates) usage that leaves each node before the pod lands: the estimates
+    of preemption victims. Subtracted in projections."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -229,13 +232,13 @@ def evaluate(
         alloc = np.where(np.isnan(candidates.allocatable), alloc, candidates.allocatable)
     placed = np.nan_to_num(snap.placed[:, cols])
     estimate = estimate_pod(pod, rules.estimation)
-    est = np.array(estimate)[:, None]
+    delta = placed + np.array(estimate)[:, None]
+    if candidates.freed is not None:
+        delta = delta - candidates.freed
     with np.errstate(all="ignore"):
         known_alloc = alloc > 0
-        added = np.where(known_alloc, (placed + est) / alloc, 0.0)
-        by_requests = np.where(
-            known_alloc, (snap.requested[:, cols] + placed + est) / alloc, np.nan
-        )
+        added = np.where(known_alloc, delta / alloc, 0.0)
+        by_requests = np.where(known_alloc, (snap.requested[:, cols] + delta) / alloc, np.nan)
 
     projection = values.copy()
     requested_usage = np.full((nsig, count), np.nan)

@@ -141,3 +141,6 @@ class Rules:
     estimation: Estimation = Estimation()
     bypass: Bypass = Bypass()
     neutral_score: int = 5
+    preemption_max_per_node: int = 0
+    """Cap on approved preemptions per node within ``preemption_window_s``; 0 means no cap."""
+    preemption_window_s: float = 300.0

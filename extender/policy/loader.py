@@ -262,6 +262,8 @@ def compile_rules(doc: PolicyDocument) -> Rules:
             namespaces=frozenset(doc.bypass.namespaces),
             pod_selector=_selector(doc.bypass.podSelector),
         ),
+        preemption_max_per_node=doc.preemption.maxPerNode,
+        preemption_window_s=doc.preemption.window,
     )
 
 

@@ -245,6 +245,15 @@ class BypassSpec(_Model):
     """For example the extender's own pods, so that it can always be rescheduled."""
 
 
+class PreemptionSpec(_Model):
+    maxPerNode: Annotated[int, Field(ge=0, le=1000)] = 0
+    """Approve at most this many preemptions on one node within ``window``; 0 turns the cap off.
+    Stops eviction churn on a node that keeps attracting preemptors. Every node offered back to
+    the scheduler counts as approved (it picks one of them), so this is an upper bound."""
+    window: Duration = 300.0
+    """The period over which approvals are counted."""
+
+
 class PolicyDocument(_Model):
     """A PriorityPolicy: what each priority tier may do, and where live load comes from."""
 
@@ -260,3 +269,4 @@ class PolicyDocument(_Model):
     leastLoaded), so that an incomplete policy never blocks a pod."""
     estimation: EstimationSpec = Field(default_factory=EstimationSpec)
     bypass: BypassSpec = Field(default_factory=BypassSpec)
+    preemption: PreemptionSpec = Field(default_factory=PreemptionSpec)

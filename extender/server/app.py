@@ -13,29 +13,45 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import Counter, deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import Protocol, TypeVar
 
 import numpy as np
 from aiohttp import web
 from prometheus_client.aiohttp import make_aiohttp_handler
 
-from extender.core import Evaluation, evaluate
+from extender.core import REASON_STALE, Evaluation, PodInfo, decide_preemption, evaluate
+from extender.core.preempt import DROP_CAPPED, DROP_NO_VICTIMS
 from extender.server.metrics import Metrics
 from extender.store import SnapshotStore
 from extender.wire import (
     FilterArgs,
+    PreemptArgs,
+    VictimLookup,
     WireError,
     decode_args,
+    decode_preempt,
     encode_error,
     encode_filter,
     encode_filter_pass_all,
+    encode_preempt,
     encode_priorities,
 )
 
 log = logging.getLogger(__name__)
 
 JSON = "application/json"
+
+
+class _HasPod(Protocol):
+    @property
+    def pod(self) -> PodInfo: ...
+
+
+A = TypeVar("A", bound=_HasPod)
+"""A decoded request: FilterArgs or PreemptArgs."""
 
 #: Default request size limit: a full Node list of about 8,000 nodes (15 KB each). aiohttp's own
 #: default of 1 MiB would turn a 100-node full-node request into a 413 that fails the pod.
@@ -75,14 +91,18 @@ class Extender:
         metrics: Metrics,
         settings: ServerSettings = ServerSettings(),
         clock: Callable[[], float] = time.time,
+        victim_lookup: VictimLookup = lambda uid: None,
     ) -> None:
         self.store = store
         self.metrics = metrics
         self.settings = settings
         self.clock = clock
+        self.victim_lookup = victim_lookup
         self.ready = False
+        self._approvals: deque[tuple[float, str]] = deque()
+        """(time, node) of every preemption candidate handed back, for the per-node cap."""
 
-    async def _read(self, request: web.Request, verb: str) -> FilterArgs:
+    async def _read(self, request: web.Request, verb: str, decode: Callable[[bytes], A]) -> A:
         ctype = request.headers.get("Content-Type", JSON).split(";")[0].strip().lower()
         if ctype not in (JSON, "", "text/json"):
             raise BadRequest(415, f"unsupported Content-Type {ctype!r}: send {JSON}")
@@ -95,7 +115,7 @@ class Extender:
             raise BadRequest(413, _too_large(None, limit), "too_large") from None
         self.metrics.request_bytes.labels(verb).observe(len(body))
         try:
-            return decode_args(body)
+            return decode(body)
         except WireError as exc:
             raise BadRequest(400, str(exc)) from None
 
@@ -111,13 +131,14 @@ class Extender:
         self,
         request: web.Request,
         verb: str,
-        answer: Callable[[FilterArgs], bytes],
-        fail_open: Callable[[FilterArgs], bytes],
+        decode: Callable[[bytes], A],
+        answer: Callable[[A], bytes],
+        fail_open: Callable[[A], bytes],
     ) -> web.Response:
         start = time.perf_counter()
         outcome = "ok"
         try:
-            args = await self._read(request, verb)
+            args = await self._read(request, verb, decode)
         except BadRequest as exc:
             self.metrics.requests.labels(verb, exc.outcome).inc()
             log.warning("%s: rejected request: %s", verb, exc.message)
@@ -161,12 +182,69 @@ class Extender:
         names = list(args.candidates.names)
         return encode_priorities(names, [neutral] * len(names))
 
+    def _decode_preempt(self, body: bytes) -> PreemptArgs:
+        estimation = self.store.current.policy.rules.estimation
+        return decode_preempt(body, estimation, self.victim_lookup)
+
+    def _recent_approvals(self, now: float, window: float) -> Counter[str]:
+        while self._approvals and self._approvals[0][0] < now - window:
+            self._approvals.popleft()
+        return Counter(node for _, node in self._approvals)
+
+    def _preempt_answer(self, args: PreemptArgs) -> bytes:
+        state = self.store.current
+        rules = state.policy.rules
+        now = self.clock()
+        approvals = (
+            self._recent_approvals(now, rules.preemption_window_s)
+            if rules.preemption_max_per_node > 0
+            else None
+        )
+        decision = decide_preemption(
+            args.pod,
+            args.candidates,
+            state.snapshot,
+            rules,
+            now,
+            approvals,
+            rules.preemption_max_per_node,
+        )
+        if rules.preemption_max_per_node > 0:
+            self._approvals.extend((now, c.node) for c in decision.kept)
+        m = self.metrics.preempt_candidates
+        m.labels("kept").inc(len(decision.kept))
+        for reason in decision.dropped.values():
+            m.labels(_drop_kind(reason)).inc()
+        if args.unknown_victims:
+            self.metrics.preempt_unknown_victims.inc(args.unknown_victims)
+        if decision.dropped:
+            log.info(
+                "preempt: pod %s/%s: dropped %d of %d candidates: %s",
+                args.pod.namespace,
+                args.pod.name,
+                len(decision.dropped),
+                len(args.candidates),
+                dict(decision.dropped),
+            )
+        return encode_preempt(decision.kept)
+
+    def _preempt_unchanged(self, args: PreemptArgs) -> bytes:
+        return encode_preempt(args.candidates)
+
     async def filter(self, request: web.Request) -> web.Response:
-        return await self._handle(request, "filter", self._filter_answer, encode_filter_pass_all)
+        return await self._handle(
+            request, "filter", decode_args, self._filter_answer, encode_filter_pass_all
+        )
 
     async def prioritize(self, request: web.Request) -> web.Response:
         return await self._handle(
-            request, "prioritize", self._prioritize_answer, self._prioritize_neutral
+            request, "prioritize", decode_args, self._prioritize_answer, self._prioritize_neutral
+        )
+
+    async def preempt(self, request: web.Request) -> web.Response:
+        """Drop candidates where the preemptor would still be rejected after the evictions."""
+        return await self._handle(
+            request, "preempt", self._decode_preempt, self._preempt_answer, self._preempt_unchanged
         )
 
     # --- admin -----------------------------------------------------------------------------------
@@ -194,6 +272,7 @@ class Extender:
         prefix = self.settings.url_prefix.rstrip("/")
         app.router.add_post(f"{prefix}/filter", self.filter)
         app.router.add_post(f"{prefix}/prioritize", self.prioritize)
+        app.router.add_post(f"{prefix}/preempt", self.preempt)
         return app
 
     def admin_app(self) -> web.Application:
@@ -202,6 +281,17 @@ class Extender:
         app.router.add_get("/readyz", self.readyz)
         app.router.add_get("/metrics", make_aiohttp_handler(self.metrics.registry))
         return app
+
+
+def _drop_kind(reason: str) -> str:
+    """A bounded metric label for a drop reason (which embeds tier and signal names)."""
+    if reason == DROP_NO_VICTIMS:
+        return "dropped_no_victims"
+    if reason == DROP_CAPPED:
+        return "dropped_capped"
+    if reason == REASON_STALE:
+        return "dropped_stale"
+    return "dropped_live_load"
 
 
 def _too_large(size: int | None, limit: int) -> str:

@@ -31,6 +31,13 @@ LATENCY_BUCKETS = (
 SIZE_BUCKETS = (1e3, 1e4, 1e5, 1e6, 1e7, 1e8)
 
 OUTCOMES = ("ok", "bad_request", "too_large", "fail_open")
+PREEMPT_RESULTS = (
+    "kept",
+    "dropped_live_load",
+    "dropped_stale",
+    "dropped_no_victims",
+    "dropped_capped",
+)
 
 
 class Metrics:
@@ -62,6 +69,17 @@ class Metrics:
             ["reason", "tier"],
             registry=registry,
         )
+        self.preempt_candidates = Counter(
+            "priority_extender_preempt_candidates",
+            "Preemption candidate nodes offered by kube-scheduler, by what the extender did.",
+            ["result"],
+            registry=registry,
+        )
+        self.preempt_unknown_victims = Counter(
+            "priority_extender_preempt_unknown_victims",
+            "Victims named by UID that the pod cache did not know (usage not subtracted).",
+            registry=registry,
+        )
         self.fallback = Gauge(
             "priority_extender_fallback_active",
             "1 while decisions use request-based utilization because live data is down or absent.",
@@ -78,6 +96,8 @@ class Metrics:
             registry=registry,
         )
         self.build_info.info({"version": __version__})
-        for verb in ("filter", "prioritize"):
+        for result in PREEMPT_RESULTS:
+            self.preempt_candidates.labels(result)
+        for verb in ("filter", "prioritize", "preempt"):
             for outcome in OUTCOMES:
                 self.requests.labels(verb, outcome)
