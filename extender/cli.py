@@ -1,4 +1,4 @@
-"""Command line: ``serve``, ``policy check``, ``policy schema``.
+"""Command line: ``serve``, ``explain``, ``policy check``, ``policy schema``.
 
 Every ``serve`` flag can also be set from an environment variable (``PRIORITY_EXTENDER_<FLAG>``),
 which is how the Deployment in ``deploy/`` configures it; a flag given on the command line wins.
@@ -9,15 +9,25 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import logging
 import os
 import sys
+import urllib.error
+import urllib.parse
+import urllib.request
 from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
 
-from extender import __version__
+import msgspec
+import yaml
+
+from extender import __version__, logs, report
+from extender.core import Candidates, evaluate, snapshot_from_dict, summarize
 from extender.policy import LoadedPolicy, PolicyDocument, PolicyError, embedded_default, load_file
 from extender.server.app import DEFAULT_MAX_REQUEST_BYTES, ServerSettings
 from extender.server.run import serve
+from extender.server.tls import TLSConfigError, TLSFiles
+from extender.wire import WireError, decode_pod
 
 ENV_PREFIX = "PRIORITY_EXTENDER_"
 
@@ -34,6 +44,16 @@ def _env_int(name: str, default: int) -> int:
         return int(raw)
     except ValueError:
         raise SystemExit(f"error: {ENV_PREFIX}{name}={raw!r} is not a whole number") from None
+
+
+def _env_float(name: str, default: float) -> float:
+    raw = _env(name)
+    if raw is None:
+        return default
+    try:
+        return float(raw)
+    except ValueError:
+        raise SystemExit(f"error: {ENV_PREFIX}{name}={raw!r} is not a number") from None
 
 
 def policy_schema() -> dict[str, object]:
@@ -84,6 +104,47 @@ def _parser() -> argparse.ArgumentParser:
         default=_env("LOG_LEVEL", "info"),
         choices=["debug", "info", "warning", "error"],
     )
+    s.add_argument(
+        "--log-format",
+        default=_env("LOG_FORMAT", "auto"),
+        choices=["auto", "json", "text"],
+        help="auto: text on a terminal, JSON lines otherwise",
+    )
+    s.add_argument(
+        "--drain-seconds",
+        type=float,
+        default=_env_float("DRAIN_SECONDS", 3.0),
+        help="after SIGTERM, keep answering this long with readiness already failing",
+    )
+    s.add_argument(
+        "--shutdown-timeout",
+        type=float,
+        default=_env_float("SHUTDOWN_TIMEOUT", 10.0),
+        help="then give in-flight requests this long to finish",
+    )
+    s.add_argument("--tls-cert-file", default=_env("TLS_CERT_FILE"), help="serve HTTPS")
+    s.add_argument("--tls-key-file", default=_env("TLS_KEY_FILE"))
+    s.add_argument(
+        "--tls-client-ca-file",
+        default=_env("TLS_CLIENT_CA_FILE"),
+        help="require client certificates signed by this CA (kube-scheduler's tlsConfig)",
+    )
+
+    e = sub.add_parser(
+        "explain",
+        help="why a pod gets the nodes it gets: from a running extender or offline",
+        description="Against a running extender (--admin) for a recent pod (--pod) or a dry run "
+        "of a manifest (--pod-file); or offline from a snapshot file (GET /snapshot on the admin "
+        "port) and a policy file.",
+    )
+    e.add_argument("--admin", help="admin URL of a running extender, e.g. http://127.0.0.1:8889")
+    e.add_argument("--pod", help="namespace/name or UID of a recently scheduled pod")
+    e.add_argument("--pod-file", help="a Pod manifest (YAML or JSON) to decide for")
+    e.add_argument("--snapshot", help="snapshot file (offline)")
+    e.add_argument("--policy", help="policy file (offline; default: the embedded policy)")
+    e.add_argument("--nodes", help="comma-separated candidate nodes (default: all known)")
+    e.add_argument("--top", default="5", help="nodes whose inputs are shown, or 'all'")
+    e.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
     pol = sub.add_parser("policy", help="policy tools")
     psub = pol.add_subparsers(dest="policy_command", required=True)
@@ -110,10 +171,14 @@ def _check(files: Sequence[str]) -> int:
 
 
 def _serve(ns: argparse.Namespace) -> int:
-    logging.basicConfig(
-        level=ns.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    logs.setup(ns.log_level, ns.log_format)
+    tls = None
+    if ns.tls_cert_file or ns.tls_key_file or ns.tls_client_ca_file:
+        if not (ns.tls_cert_file and ns.tls_key_file):
+            print("error: --tls-cert-file and --tls-key-file go together", file=sys.stderr)
+            return 2
+        ca = Path(ns.tls_client_ca_file) if ns.tls_client_ca_file else None
+        tls = TLSFiles(Path(ns.tls_cert_file), Path(ns.tls_key_file), ca)
     policy: LoadedPolicy
     try:
         policy = load_file(ns.policy) if ns.policy else embedded_default()
@@ -128,19 +193,90 @@ def _serve(ns: argparse.Namespace) -> int:
         admin_port=ns.admin_port,
         url_prefix=ns.url_prefix,
         max_request_bytes=ns.max_request_bytes,
+        drain_seconds=ns.drain_seconds,
+        shutdown_timeout=ns.shutdown_timeout,
+        tls=tls,
     )
+    policy_path = Path(ns.policy) if ns.policy else None
     try:
-        asyncio.run(serve(policy, settings))
-    except OSError as exc:
+        asyncio.run(serve(policy, settings, policy_path))
+    except (OSError, TLSConfigError) as exc:
         print(f"error: cannot start: {exc}", file=sys.stderr)
         return 1
     return 0
+
+
+def _http(url: str, data: bytes | None = None) -> Any:
+    req = urllib.request.Request(url, data=data, method="POST" if data is not None else "GET")
+    try:
+        with urllib.request.urlopen(req, timeout=30) as resp:
+            return json.loads(resp.read())
+    except urllib.error.HTTPError as exc:
+        try:
+            message = json.loads(exc.read()).get("error", exc.reason)
+        except ValueError:
+            message = exc.reason
+        raise SystemExit(f"error: {url}: HTTP {exc.code}: {message}") from None
+    except (urllib.error.URLError, OSError) as exc:
+        raise SystemExit(f"error: {url}: {exc}") from None
+
+
+def _explain(ns: argparse.Namespace) -> int:
+    top = None if ns.top == "all" else int(ns.top)
+    query = {"top": ns.top}
+    if ns.nodes:
+        query["nodes"] = ns.nodes
+    results: list[dict[str, Any]]
+    if ns.admin:
+        base = ns.admin.rstrip("/")
+        if ns.pod_file:
+            body = Path(ns.pod_file).read_bytes()
+            results = [_http(f"{base}/dry-run?{urllib.parse.urlencode(query)}", body)]
+        elif ns.pod:
+            query["pod"] = ns.pod
+            results = _http(f"{base}/decisions?{urllib.parse.urlencode(query)}")
+        else:
+            raise SystemExit("error: give --pod or --pod-file with --admin")
+    elif ns.snapshot:
+        if not ns.pod_file:
+            raise SystemExit("error: offline explain needs --pod-file")
+        results = [_offline(ns, top)]
+    else:
+        raise SystemExit("error: give --admin URL, or --snapshot FILE with --pod-file")
+    if ns.json:
+        print(json.dumps(results, indent=1))
+    else:
+        print("\n\n".join(report.render(r, r.get("verb")) for r in results))
+    return 0
+
+
+def _offline(ns: argparse.Namespace, top: int | None) -> dict[str, Any]:
+    try:
+        policy = load_file(ns.policy) if ns.policy else embedded_default()
+    except PolicyError as exc:
+        raise SystemExit("\n".join(exc.issues)) from None
+    try:
+        snap_doc = json.loads(Path(ns.snapshot).read_bytes())
+        snap = snapshot_from_dict(snap_doc)
+    except (OSError, ValueError) as exc:
+        raise SystemExit(f"error: {ns.snapshot}: {exc}") from None
+    try:
+        manifest = yaml.safe_load(Path(ns.pod_file).read_bytes())
+        pod = decode_pod(msgspec.json.encode(manifest))
+    except (OSError, yaml.YAMLError, WireError, TypeError) as exc:
+        raise SystemExit(f"error: {ns.pod_file}: {exc}") from None
+    names = [n for n in ns.nodes.split(",") if n] if ns.nodes else list(snap.names)
+    at = snap_doc.get("takenAt") or snap.built_at
+    evaluation = evaluate(pod, Candidates(names), snap, policy.rules, float(at))
+    return summarize(evaluation, top)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     ns = _parser().parse_args(argv)
     if ns.command == "serve":
         return _serve(ns)
+    if ns.command == "explain":
+        return _explain(ns)
     if ns.policy_command == "check":
         return _check(ns.files)
     print(json.dumps(policy_schema(), indent=2))

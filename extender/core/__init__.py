@@ -13,6 +13,12 @@ from extender.core.decide import (
     live_reason,
     tier_for,
 )
+from extender.core.explain import (
+    SnapshotFileError,
+    snapshot_from_dict,
+    snapshot_to_dict,
+    summarize,
+)
 from extender.core.model import (
     ContainerResources,
     NodeInfo,
@@ -69,6 +75,7 @@ __all__ = [
     "SelectorOp",
     "SelectorRequirement",
     "Snapshot",
+    "SnapshotFileError",
     "Strategy",
     "Tier",
     "TierMatch",
@@ -81,5 +88,8 @@ __all__ = [
     "evaluate",
     "live_reason",
     "parse_quantity",
+    "snapshot_from_dict",
+    "snapshot_to_dict",
+    "summarize",
     "tier_for",
 ]

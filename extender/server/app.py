@@ -18,13 +18,16 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Protocol, TypeVar
 
-import numpy as np
 from aiohttp import web
 from prometheus_client.aiohttp import make_aiohttp_handler
 
 from extender.core import REASON_STALE, Evaluation, PodInfo, decide_preemption, evaluate
 from extender.core.preempt import DROP_CAPPED, DROP_NO_VICTIMS
+from extender.logs import bind_pod
+from extender.server.admin import AdminViews
+from extender.server.decisions import DecisionLog
 from extender.server.metrics import Metrics
+from extender.server.tls import TLSFiles
 from extender.store import SnapshotStore
 from extender.wire import (
     FilterArgs,
@@ -71,7 +74,15 @@ class ServerSettings:
     """Path prefix before the verbs, e.g. ``/scheduler`` for ``POST /scheduler/filter``."""
     max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES
     shutdown_timeout: float = 10.0
-    """Seconds in-flight requests get on SIGTERM; below Kubernetes' 30 s grace period."""
+    """Seconds in-flight requests get after the drain; drain + this stay below Kubernetes'
+    default 30 s termination grace period."""
+    drain_seconds: float = 3.0
+    """After SIGTERM: seconds of answering with readiness already 503, while endpoint removal
+    reaches kube-proxy. 0 for a localhost sidecar, where nothing routes through a Service."""
+    reload_interval: float = 10.0
+    """Safety-net period of the policy file content check (the directory is also watched)."""
+    tls: TLSFiles | None = None
+    """Serve the scheduler port over HTTPS (and require client certificates if a CA is set)."""
 
 
 class BadRequest(Exception):
@@ -98,7 +109,13 @@ class Extender:
         self.settings = settings
         self.clock = clock
         self.victim_lookup = victim_lookup
+        self.decisions = DecisionLog()
         self.ready = False
+        self.readiness_checks: list[Callable[[], str | None]] = []
+        """Each returns why the extender is not ready yet, or None (e.g. the first node list)."""
+        self.size_providers: list[Callable[[], dict[str, int]]] = [self._sizes]
+        """Cache sizes for ``priority_extender_cache_entries``; sources add theirs."""
+        metrics.observe_state(store, self._all_sizes, clock)
         self._approvals: deque[tuple[float, str]] = deque()
         """(time, node) of every preemption candidate handed back, for the per-node cap."""
 
@@ -119,12 +136,11 @@ class Extender:
         except WireError as exc:
             raise BadRequest(400, str(exc)) from None
 
-    def _decide(self, args: FilterArgs) -> Evaluation:
+    def _decide(self, verb: str, args: FilterArgs) -> Evaluation:
         state = self.store.current
-        evaluation = evaluate(
-            args.pod, args.candidates, state.snapshot, state.policy.rules, self.clock()
-        )
-        self.metrics.fallback.set(1 if evaluation.fallback else 0)
+        now = self.clock()
+        evaluation = evaluate(args.pod, args.candidates, state.snapshot, state.policy.rules, now)
+        self.decisions.add(verb, evaluation, now)
         return evaluation
 
     async def _handle(
@@ -145,8 +161,16 @@ class Extender:
             return web.Response(
                 status=exc.status, body=encode_error(exc.message), content_type=JSON
             )
+        transport = request.transport
+        if transport is None or transport.is_closing():
+            # The caller gave up (kube-scheduler's httpTimeout) while the body was read: the
+            # answer would go nowhere, and computing it would delay the next pod.
+            self.metrics.requests.labels(verb, "abandoned").inc()
+            log.info("%s: caller disconnected before the decision; dropped", verb)
+            return web.Response(status=499, body=b"")
         try:
-            body = answer(args)
+            with bind_pod(args.pod.namespace, args.pod.name, args.pod.uid):
+                body = answer(args)
         except Exception:
             outcome = "fail_open"
             log.exception(
@@ -161,20 +185,13 @@ class Extender:
         return web.Response(body=body, content_type=JSON)
 
     def _filter_answer(self, args: FilterArgs) -> bytes:
-        evaluation = self._decide(args)
-        if evaluation.tier is not None and not evaluation.keep.all():
-            codes = evaluation.reason_codes
-            tier = evaluation.tier.name
-            stale = int(np.count_nonzero(codes == -1))
-            live = int(np.count_nonzero(codes > 0))
-            if live:
-                self.metrics.rejections.labels("live_load", tier).inc(live)
-            if stale:
-                self.metrics.rejections.labels("stale", tier).inc(stale)
+        evaluation = self._decide("filter", args)
+        self.metrics.observe_filter(evaluation)
         return encode_filter(args, evaluation)
 
     def _prioritize_answer(self, args: FilterArgs) -> bytes:
-        evaluation = self._decide(args)
+        evaluation = self._decide("prioritize", args)
+        self.metrics.observe_scores(evaluation)
         return encode_priorities(list(args.candidates.names), evaluation.scores.tolist())
 
     def _prioritize_neutral(self, args: FilterArgs) -> bytes:
@@ -209,6 +226,7 @@ class Extender:
             approvals,
             rules.preemption_max_per_node,
         )
+        self.decisions.add("preempt", decision.evaluation, now)
         if rules.preemption_max_per_node > 0:
             self._approvals.extend((now, c.node) for c in decision.kept)
         m = self.metrics.preempt_candidates
@@ -252,9 +270,28 @@ class Extender:
     async def livez(self, request: web.Request) -> web.Response:
         return web.json_response({"status": "ok"})
 
+    def _sizes(self) -> dict[str, int]:
+        return {
+            "snapshot_nodes": len(self.store.current.snapshot.names),
+            "decision_log": len(self.decisions),
+            "decision_log_candidates": self.decisions.candidates,
+        }
+
+    def _all_sizes(self) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for provider in self.size_providers:
+            out.update(provider())
+        return out
+
     async def readyz(self, request: web.Request) -> web.Response:
         if not self.ready:
-            return web.json_response({"status": "not ready"}, status=503)
+            return web.json_response(
+                {"status": "not ready", "reason": "starting or stopping"}, status=503
+            )
+        for check in self.readiness_checks:
+            reason = check()
+            if reason is not None:
+                return web.json_response({"status": "not ready", "reason": reason}, status=503)
         state = self.store.current
         return web.json_response(
             {
@@ -280,6 +317,7 @@ class Extender:
         app.router.add_get("/livez", self.livez)
         app.router.add_get("/readyz", self.readyz)
         app.router.add_get("/metrics", make_aiohttp_handler(self.metrics.registry))
+        AdminViews(self).add_routes(app)
         return app
 
 

@@ -1,13 +1,27 @@
 """The extender's own Prometheus metrics, registered on an injected registry.
 
-Label values are bounded: verbs and outcomes are fixed sets, never node or pod names.
+Label values are bounded: verbs, outcomes, results, reasons and tier names (from the policy) are
+small fixed sets; a node or pod name is never a label. Values that describe the current state
+(snapshot age, stale nodes, fallback, cache sizes, the loaded policy) are computed at scrape time
+by :class:`StateCollector`, so the request path does not maintain them.
 """
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+
+import numpy as np
+import numpy.typing as npt
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
+from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily, InfoMetricFamily
+from prometheus_client.metrics_core import Metric
+from prometheus_client.registry import Collector
 
 from extender import __version__
+from extender.core import MAX_SCORE, Evaluation
+from extender.store import SnapshotStore
 
 #: Millisecond-scale answers are the norm; the top bucket is kube-scheduler's default
 #: ``httpTimeout`` (5 s), past which the caller has already given up.
@@ -30,7 +44,7 @@ LATENCY_BUCKETS = (
 #: From a names-only call on a small cluster (~2 KB) to a full-node list of 5,000 nodes (~77 MB).
 SIZE_BUCKETS = (1e3, 1e4, 1e5, 1e6, 1e7, 1e8)
 
-OUTCOMES = ("ok", "bad_request", "too_large", "fail_open")
+OUTCOMES = ("ok", "bad_request", "too_large", "fail_open", "abandoned")
 PREEMPT_RESULTS = (
     "kept",
     "dropped_live_load",
@@ -38,11 +52,112 @@ PREEMPT_RESULTS = (
     "dropped_no_victims",
     "dropped_capped",
 )
+RELOAD_RESULTS = ("success", "error", "unchanged")
+
+
+@dataclass
+class ScoreCounts:
+    """Scores given, per tier, as histogram buckets kept in numpy (one add per request)."""
+
+    counts: dict[str, npt.NDArray[np.int64]] = field(default_factory=dict)
+    sums: dict[str, int] = field(default_factory=dict)
+
+    def add(self, tier: str, scores: npt.NDArray[np.int64]) -> None:
+        if not len(scores):
+            return
+        bins = np.bincount(scores, minlength=MAX_SCORE + 1)[: MAX_SCORE + 1]
+        if tier in self.counts:
+            self.counts[tier] += bins
+            self.sums[tier] += int(scores.sum())
+        else:
+            self.counts[tier] = bins.astype(np.int64)
+            self.sums[tier] = int(scores.sum())
+
+
+class StateCollector(Collector):
+    """Metrics read from the current state when Prometheus scrapes."""
+
+    def __init__(
+        self,
+        store: SnapshotStore,
+        scores: ScoreCounts,
+        sizes: Callable[[], dict[str, int]],
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.store = store
+        self.scores = scores
+        self.sizes = sizes
+        self.clock = clock
+
+    def collect(self) -> Iterable[Metric]:
+        state = self.store.current
+        snap, rules = state.snapshot, state.policy.rules
+        now = self.clock()
+
+        age = GaugeMetricFamily(
+            "priority_extender_source_age_seconds",
+            "Seconds since the live metrics source last refreshed successfully "
+            "(absent when there is no live source).",
+        )
+        if snap.source_ok_at is not None:
+            age.add_metric([], now - snap.source_ok_at)
+        yield age
+        yield GaugeMetricFamily(
+            "priority_extender_snapshot_age_seconds",
+            "Seconds since the snapshot decisions read was built.",
+            value=now - snap.built_at,
+        )
+        fallback = snap.source_ok_at is None or now - snap.source_ok_at > rules.max_age_s
+        yield GaugeMetricFamily(
+            "priority_extender_fallback_active",
+            "1 while decisions use request-based utilization because live data is down or absent.",
+            value=1 if fallback else 0,
+        )
+        data = GaugeMetricFamily(
+            "priority_extender_nodes",
+            "Nodes in the snapshot by the state of their live data (fresh: every signal fresh).",
+            labels=["data"],
+        )
+        values = snap.values[:, :-1]
+        with np.errstate(all="ignore"):
+            fresh = ~np.isnan(values) & (np.abs(now - snap.sampled_at[:, :-1]) <= rules.max_age_s)
+        missing = np.isnan(values).all(axis=0) if values.size else np.zeros(0, dtype=bool)
+        all_fresh = fresh.all(axis=0) if values.size else np.zeros(0, dtype=bool)
+        data.add_metric(["fresh"], float(np.count_nonzero(all_fresh)))
+        data.add_metric(["missing"], float(np.count_nonzero(missing)))
+        data.add_metric(["stale"], float(np.count_nonzero(~all_fresh & ~missing)))
+        yield data
+
+        sizes = GaugeMetricFamily(
+            "priority_extender_cache_entries", "Entries held in memory, by cache.", labels=["cache"]
+        )
+        for name, size in sorted(self.sizes().items()):
+            sizes.add_metric([name], float(size))
+        yield sizes
+
+        info = InfoMetricFamily(
+            "priority_extender_policy", "The policy in force: where it came from and its hash."
+        )
+        info.add_metric([], {"source": state.policy.source, "sha256": state.policy.sha256})
+        yield info
+
+        hist = HistogramMetricFamily(
+            "priority_extender_scores",
+            "Scores given by prioritize (0..10), per tier.",
+            labels=["tier"],
+        )
+        for tier, counts in sorted(self.scores.counts.items()):
+            cumulative = np.cumsum(counts).tolist()
+            buckets = [(str(float(s)), float(c)) for s, c in enumerate(cumulative)]
+            buckets.append(("+Inf", float(cumulative[-1])))
+            hist.add_metric([tier], buckets, float(self.scores.sums[tier]))
+        yield hist
 
 
 class Metrics:
     def __init__(self, registry: CollectorRegistry) -> None:
         self.registry = registry
+        self.scores = ScoreCounts()
         self.requests = Counter(
             "priority_extender_requests",
             "Extender calls from kube-scheduler, by verb and outcome.",
@@ -80,14 +195,20 @@ class Metrics:
             "Victims named by UID that the pod cache did not know (usage not subtracted).",
             registry=registry,
         )
-        self.fallback = Gauge(
-            "priority_extender_fallback_active",
-            "1 while decisions use request-based utilization because live data is down or absent.",
+        self.reloads = Counter(
+            "priority_extender_policy_reloads",
+            "Policy reload attempts by result; on error the last good policy stays in force.",
+            ["result"],
             registry=registry,
         )
-        self.snapshot_nodes = Gauge(
-            "priority_extender_snapshot_nodes",
-            "Nodes known to the current snapshot.",
+        self.last_reload = Gauge(
+            "priority_extender_policy_last_success_timestamp_seconds",
+            "When the policy in force was loaded.",
+            registry=registry,
+        )
+        self.reload_failing = Gauge(
+            "priority_extender_policy_reload_failing",
+            "1 while the policy file on disk is invalid (the last good policy is in force).",
             registry=registry,
         )
         self.build_info = Info(
@@ -96,8 +217,35 @@ class Metrics:
             registry=registry,
         )
         self.build_info.info({"version": __version__})
-        for result in PREEMPT_RESULTS:
-            self.preempt_candidates.labels(result)
         for verb in ("filter", "prioritize", "preempt"):
             for outcome in OUTCOMES:
                 self.requests.labels(verb, outcome)
+        for result in PREEMPT_RESULTS:
+            self.preempt_candidates.labels(result)
+        for result in RELOAD_RESULTS:
+            self.reloads.labels(result)
+
+    def observe_state(
+        self,
+        store: SnapshotStore,
+        sizes: Callable[[], dict[str, int]],
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        """Register the scrape-time collector over ``store``."""
+        self.registry.register(StateCollector(store, self.scores, sizes, clock))
+
+    def observe_filter(self, evaluation: Evaluation) -> None:
+        if evaluation.tier is None or evaluation.keep.all():
+            return
+        codes = evaluation.reason_codes
+        tier = evaluation.tier.name
+        stale = int(np.count_nonzero(codes == -1))
+        live = int(np.count_nonzero(codes > 0))
+        if live:
+            self.rejections.labels("live_load", tier).inc(live)
+        if stale:
+            self.rejections.labels("stale", tier).inc(stale)
+
+    def observe_scores(self, evaluation: Evaluation) -> None:
+        tier = "(bypass)" if evaluation.tier is None else evaluation.tier.name
+        self.scores.add(tier, evaluation.scores)

@@ -1,0 +1,148 @@
+"""Explanations and snapshot files: decisions and their inputs as plain JSON-ready data.
+
+A snapshot file carries everything a decision reads, so a decision taken in production can be
+reproduced offline: ``priority-extender explain --snapshot FILE --policy FILE --pod FILE``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+from extender.core.decide import Evaluation
+from extender.core.model import Snapshot
+from extender.core.rules import RESOURCES
+
+SNAPSHOT_KIND = "Snapshot"
+SNAPSHOT_VERSION = "priority-extender.io/v1alpha1"
+
+
+class SnapshotFileError(ValueError):
+    """A snapshot document that cannot be read back; the message says where."""
+
+
+def summarize(evaluation: Evaluation, top: int | None = 5) -> dict[str, Any]:
+    """The ranking of kept nodes, rejected nodes grouped by reason, and the inputs of the top
+    ``top`` nodes (every node when None)."""
+    ev = evaluation
+    kept = ev.kept()
+    # Best score first; ties keep the request order (the scheduler breaks ties itself).
+    order = sorted(kept, key=lambda i: -int(ev.scores[i]))
+    rejected: dict[str, list[str]] = {}
+    for node, reason in ev.failed().items():
+        rejected.setdefault(reason, []).append(node)
+    chosen = order if top is None else order[:top]
+    return {
+        "pod": f"{ev.pod.namespace}/{ev.pod.name}",
+        "uid": ev.pod.uid,
+        "priority": ev.pod.priority,
+        "priorityClassName": ev.pod.priority_class_name,
+        "tier": None if ev.tier is None else ev.tier.name,
+        "bypass": ev.bypass,
+        "fallback": ev.fallback,
+        "podEstimate": dict(zip(RESOURCES, ev.estimate, strict=True)),
+        "candidates": len(ev.names),
+        "ranking": [{"node": ev.names[i], "score": int(ev.scores[i])} for i in order],
+        "rejected": rejected,
+        "details": [ev.explain(i) for i in chosen],
+    }
+
+
+def _f(x: float) -> float | None:
+    v = float(x)
+    return v if math.isfinite(v) else None
+
+
+def snapshot_to_dict(snap: Snapshot, taken_at: float) -> dict[str, Any]:
+    nodes: dict[str, Any] = {}
+    for col, name in enumerate(snap.names):
+        samples = {
+            sig: {"value": _f(snap.values[row, col]), "timestamp": _f(snap.sampled_at[row, col])}
+            for row, sig in enumerate(snap.signals)
+            if not math.isnan(snap.values[row, col])
+        }
+        nodes[name] = {
+            "allocatable": {r: _f(snap.allocatable[k, col]) for k, r in enumerate(RESOURCES)},
+            "requested": {r: _f(snap.requested[k, col]) for k, r in enumerate(RESOURCES)},
+            "justPlaced": {r: _f(snap.placed[k, col]) for k, r in enumerate(RESOURCES)},
+            "samples": samples,
+        }
+    return {
+        "apiVersion": SNAPSHOT_VERSION,
+        "kind": SNAPSHOT_KIND,
+        "takenAt": taken_at,
+        "builtAt": snap.built_at,
+        "sourceOkAt": snap.source_ok_at,
+        "signals": list(snap.signals),
+        "nodes": nodes,
+    }
+
+
+def _num(data: Mapping[str, Any], key: str, where: str) -> float:
+    value = data.get(key)
+    if value is None:
+        return math.nan
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise SnapshotFileError(f"{where}.{key}: expected a number or null, got {value!r}")
+    return float(value)
+
+
+def _map(data: Any, where: str) -> Mapping[str, Any]:
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise SnapshotFileError(f"{where}: expected a mapping")
+    return data
+
+
+def snapshot_from_dict(doc: Any) -> Snapshot:
+    """Rebuild a snapshot written by :func:`snapshot_to_dict`."""
+    doc = _map(doc, "(document)")
+    if doc.get("kind") != SNAPSHOT_KIND:
+        raise SnapshotFileError(f"kind: expected {SNAPSHOT_KIND!r}, got {doc.get('kind')!r}")
+    signals = doc.get("signals")
+    if not isinstance(signals, list) or not all(isinstance(s, str) for s in signals):
+        raise SnapshotFileError("signals: expected a list of signal names")
+    nodes = _map(doc.get("nodes"), "nodes")
+    names = list(nodes)
+    width = len(names) + 1
+    values = np.full((len(signals), width), np.nan)
+    sampled_at = np.full((len(signals), width), np.nan)
+    arrays = {k: np.full((len(RESOURCES), width), np.nan) for k in ("alloc", "req", "placed")}
+    arrays["placed"][:, :-1] = 0.0
+    for col, name in enumerate(names):
+        node = _map(nodes[name], f"nodes.{name}")
+        for key, field in (
+            ("alloc", "allocatable"),
+            ("req", "requested"),
+            ("placed", "justPlaced"),
+        ):
+            part = _map(node.get(field), f"nodes.{name}.{field}")
+            for k, r in enumerate(RESOURCES):
+                if r in part:
+                    arrays[key][k, col] = _num(part, r, f"nodes.{name}.{field}")
+        samples = _map(node.get("samples"), f"nodes.{name}.samples")
+        for row, sig in enumerate(signals):
+            if sig in samples:
+                s = _map(samples[sig], f"nodes.{name}.samples.{sig}")
+                values[row, col] = _num(s, "value", f"nodes.{name}.samples.{sig}")
+                sampled_at[row, col] = _num(s, "timestamp", f"nodes.{name}.samples.{sig}")
+    for arr in (values, sampled_at, *arrays.values()):
+        arr.setflags(write=False)
+    ok_at = doc.get("sourceOkAt")
+    built = doc.get("builtAt")
+    return Snapshot(
+        names=tuple(names),
+        index={n: i for i, n in enumerate(names)},
+        signals=tuple(signals),
+        values=values,
+        sampled_at=sampled_at,
+        allocatable=arrays["alloc"],
+        requested=arrays["req"],
+        placed=arrays["placed"],
+        source_ok_at=float(ok_at) if isinstance(ok_at, int | float) else None,
+        built_at=float(built) if isinstance(built, int | float) else 0.0,
+    )

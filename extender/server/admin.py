@@ -1,0 +1,93 @@
+"""Admin-port endpoints that explain decisions: the decision log, dry runs and the snapshot.
+
+* ``GET /decisions?pod=NS/NAME|UID[&top=N]`` — recent decisions for a pod, newest first: the
+  ranking, rejected nodes grouped by reason, and the inputs behind the top ``N`` nodes.
+* ``POST /dry-run[?nodes=a,b][&top=N]`` — a Pod manifest (JSON or YAML) in, the decision it would
+  get against the current snapshot out (over every known node unless ``nodes`` is given).
+  Nothing is recorded, nothing changes.
+* ``GET /snapshot`` — everything decisions read, as a file that ``priority-extender explain
+  --snapshot`` replays offline with a policy file.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import TYPE_CHECKING, Any
+
+import msgspec
+import yaml
+from aiohttp import web
+
+from extender.core import Candidates, evaluate, snapshot_to_dict, summarize
+from extender.wire import WireError, decode_pod
+
+if TYPE_CHECKING:
+    from extender.server.app import Extender
+
+#: Largest Pod manifest accepted by the dry run; real pods are a few KB.
+MAX_MANIFEST_BYTES = 1 << 20
+#: Nodes whose full inputs are listed unless ``top`` says otherwise.
+DEFAULT_TOP = 5
+
+
+def _error(status: int, message: str) -> web.Response:
+    return web.json_response({"error": message}, status=status)
+
+
+def _top(request: web.Request) -> int | None:
+    raw = request.query.get("top")
+    if raw is None:
+        return DEFAULT_TOP
+    if raw == "all":
+        return None
+    if not raw.isdigit():
+        raise web.HTTPBadRequest(reason="top must be a whole number or 'all'")
+    return int(raw)
+
+
+def _dumps(data: Any) -> str:
+    return json.dumps(data, indent=1, allow_nan=False)
+
+
+class AdminViews:
+    def __init__(self, extender: Extender) -> None:
+        self.ext = extender
+
+    async def decisions(self, request: web.Request) -> web.Response:
+        pod = request.query.get("pod", "").strip()
+        if not pod:
+            return _error(400, "give the pod as ?pod=namespace/name or ?pod=UID")
+        top = _top(request)
+        found = self.ext.decisions.find(pod)
+        if not found:
+            return _error(404, f"no recent decision for pod {pod!r} (the log keeps the latest)")
+        out = [{"at": d.at, "verb": d.verb, **summarize(d.evaluation, top)} for d in found]
+        return web.json_response(out, dumps=_dumps)
+
+    async def dry_run(self, request: web.Request) -> web.Response:
+        body = await request.content.read(MAX_MANIFEST_BYTES + 1)
+        if len(body) > MAX_MANIFEST_BYTES:
+            return _error(413, f"manifest larger than {MAX_MANIFEST_BYTES} bytes")
+        if not body.strip():
+            return _error(400, "post a Pod manifest (JSON or YAML)")
+        try:
+            is_json = body.lstrip()[:1] == b"{"
+            pod = decode_pod(body if is_json else msgspec.json.encode(yaml.safe_load(body)))
+        except (yaml.YAMLError, WireError, TypeError, msgspec.EncodeError) as exc:
+            return _error(400, f"not a Pod manifest: {exc}")
+        top = _top(request)
+        state = self.ext.store.current
+        nodes = request.query.get("nodes")
+        names = [n for n in nodes.split(",") if n] if nodes else list(state.snapshot.names)
+        now = self.ext.clock()
+        evaluation = evaluate(pod, Candidates(names), state.snapshot, state.policy.rules, now)
+        return web.json_response({"at": now, **summarize(evaluation, top)}, dumps=_dumps)
+
+    async def snapshot(self, request: web.Request) -> web.Response:
+        snap = self.ext.store.current.snapshot
+        return web.json_response(snapshot_to_dict(snap, self.ext.clock()), dumps=_dumps)
+
+    def add_routes(self, app: web.Application) -> None:
+        app.router.add_get("/decisions", self.decisions)
+        app.router.add_post("/dry-run", self.dry_run)
+        app.router.add_get("/snapshot", self.snapshot)
