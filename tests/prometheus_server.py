@@ -24,7 +24,7 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -154,13 +154,13 @@ class PrometheusServer:
         return result
 
 
-def _wait(what: str, server: PrometheusServer, check: object, timeout: float) -> None:
-    assert callable(check)
+def _wait(what: str, server: PrometheusServer, check: Callable[[], bool], timeout: float) -> None:
     deadline = time.monotonic() + timeout
     while True:
         if server.process.poll() is not None:
-            raise RuntimeError(f"prometheus exited ({server.process.returncode}) {what}:\n"
-                               + server.log_tail())
+            raise RuntimeError(
+                f"prometheus exited ({server.process.returncode}) {what}:\n" + server.log_tail()
+            )
         try:
             if check():
                 return

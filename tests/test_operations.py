@@ -366,12 +366,15 @@ def _client_ctx(pki: Path, cert: str | None) -> ssl.SSLContext:
 
 
 async def _post_tls(port: int, ctx: ssl.SSLContext) -> tuple[int, str]:
-    async with aiohttp.ClientSession() as session, session.post(
-        f"https://127.0.0.1:{port}/filter",
-        data=fixture_bytes("filter-nodecache-true.json"),
-        headers={"Content-Type": "application/json"},
-        ssl=ctx,
-    ) as resp:
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(
+            f"https://127.0.0.1:{port}/filter",
+            data=fixture_bytes("filter-nodecache-true.json"),
+            headers={"Content-Type": "application/json"},
+            ssl=ctx,
+        ) as resp,
+    ):
         return resp.status, (await resp.json())["Error"]
 
 

@@ -201,16 +201,16 @@ def _strategy_parts(tier: Tier, u: FloatArray) -> FloatArray:
 
 def _combine(tier: Tier, parts: FloatArray, weights: FloatArray, neutral: float) -> FloatArray:
     """Weighted score per node; ``neutral`` where no weighted signal is known."""
-    w = np.where(np.isnan(parts), 0.0, weights[:, None])
+    known = ~np.isnan(parts)
+    w = np.where(known, weights[:, None], 0.0)
     total = w.sum(axis=0)
-    p = np.nan_to_num(parts)
-    with np.errstate(all="ignore"):
-        mean = (p * w).sum(axis=0) / total
-        if tier.strategy is Strategy.BALANCED:
-            var = (w * (p - mean) ** 2).sum(axis=0) / total
-            counted = (w > 0).sum(axis=0)
-            score = (1.0 - np.sqrt(var)) * MAX_SCORE
-            return np.where(counted >= 2, score, neutral)
+    p = np.where(known, parts, 0.0)
+    mean = (p * w).sum(axis=0) / total
+    if tier.strategy is Strategy.BALANCED:
+        var = (w * (p - mean) ** 2).sum(axis=0) / total
+        counted = (w > 0).sum(axis=0)
+        score = (1.0 - np.sqrt(var)) * MAX_SCORE
+        return np.where(counted >= 2, score, neutral)
     return np.where(total > 0, mean, neutral)
 
 
@@ -218,35 +218,43 @@ def evaluate(
     pod: PodInfo, candidates: Candidates, snap: Snapshot, rules: Rules, now: float
 ) -> Evaluation:
     """Decide every candidate for ``pod`` against ``snap`` under ``rules`` at time ``now``."""
+    # NaN marks missing data throughout; the arithmetic on it is expected, not an error.
+    with np.errstate(all="ignore"):
+        return _evaluate(pod, candidates, snap, rules, now)
+
+
+def _evaluate(
+    pod: PodInfo, candidates: Candidates, snap: Snapshot, rules: Rules, now: float
+) -> Evaluation:
     names = candidates.names
     count = len(names)
     cols = snap.lookup(names)
     signals = snap.signals
     nsig = len(signals)
-    values = snap.values[:, cols]
-    ages = now - snap.sampled_at[:, cols]
-    with np.errstate(all="ignore"):
-        fresh = ~np.isnan(values) & (np.abs(ages) <= rules.max_age_s)
-    alloc = snap.allocatable[:, cols]
+    values, sampled_at, alloc, requested, placed = snap.gather(cols)
+    ages = now - sampled_at
+    fresh = np.abs(ages) <= rules.max_age_s  # False where there is no sample (NaN)
     if candidates.allocatable is not None:
         alloc = np.where(np.isnan(candidates.allocatable), alloc, candidates.allocatable)
-    placed = np.nan_to_num(snap.placed[:, cols])
     estimate = estimate_pod(pod, rules.estimation)
     delta = placed + np.array(estimate)[:, None]
     if candidates.freed is not None:
         delta = delta - candidates.freed
-    with np.errstate(all="ignore"):
-        known_alloc = alloc > 0
-        added = np.where(known_alloc, delta / alloc, 0.0)
-        by_requests = np.where(known_alloc, (snap.requested[:, cols] + delta) / alloc, np.nan)
-
+    known_alloc = alloc > 0
+    added = np.where(known_alloc, delta / alloc, 0.0)
     projection = values.copy()
-    requested_usage = np.full((nsig, count), np.nan)
     for r, resource in enumerate(RESOURCES):
         if resource in signals:
-            row = signals.index(resource)
-            projection[row] += added[r]
-            requested_usage[row] = by_requests[r]
+            projection[signals.index(resource)] += added[r]
+
+    def by_requests() -> FloatArray:
+        """Request-based utilization per signal row (NaN for non-resource signals)."""
+        ratio = np.where(known_alloc, (requested + delta) / alloc, np.nan)
+        out = np.full((nsig, count), np.nan)
+        for r, resource in enumerate(RESOURCES):
+            if resource in signals:
+                out[signals.index(resource)] = ratio[r]
+        return out
 
     bypass = bypass_reason(pod, rules)
     tier = None if bypass is not None else tier_for(pod, rules)
@@ -285,26 +293,30 @@ def evaluate(
 
     if fallback:
         codes = np.zeros(count, dtype=np.int64)
-        usage = requested_usage
+        usage = by_requests()
         stale: BoolArray = np.zeros(count, dtype=bool)
     else:
-        with np.errstate(all="ignore"):
-            over = fresh & (projection > ceilings[:, None])
-        bits = (1 << np.arange(nsig, dtype=np.int64))[:, None]
-        over_mask = (over * bits).sum(axis=0)
-        stale = np.asarray((~fresh & needed[:, None]).any(axis=0), dtype=bool)
+        over = fresh & (projection > ceilings[:, None])
+        # Row loops, not axis reductions: there are a handful of signals and thousands of nodes.
+        over_mask = np.zeros(count, dtype=np.int64)
+        stale = np.zeros(count, dtype=bool)
+        for row in range(nsig):
+            over_mask |= over[row].astype(np.int64) << row
+            if needed[row]:
+                stale |= ~fresh[row]
         codes = np.where(over_mask > 0, over_mask + 1, 0)
         if tier.on_stale is OnStale.REJECT:
             codes = np.where((codes == 0) & stale, -1, codes)
         usage = np.where(fresh, projection, np.nan)
-        if tier.on_stale is OnStale.ALLOW:
-            usage = np.where(fresh, usage, requested_usage)
+        if tier.on_stale is OnStale.ALLOW and stale.any():
+            usage = np.where(fresh, usage, by_requests())
 
-    u = np.clip(usage, 0.0, 1.0)
+    u = np.minimum(np.maximum(usage, 0.0), 1.0)  # NaN stays NaN (unknown)
     raw = _combine(tier, _strategy_parts(tier, u), weights, neutral)
     if tier.on_stale is OnStale.NEUTRAL and not fallback:
         raw = np.where(stale, neutral, raw)
-    scores = np.clip(np.floor(raw + 0.5), 0, MAX_SCORE).astype(np.int64)
+    # Round half up; raw is in 0..10 so truncating raw + 0.5 is the floor.
+    scores = np.minimum(np.maximum(raw + 0.5, 0.0), MAX_SCORE).astype(np.int64)
 
     return Evaluation(
         pod=pod,

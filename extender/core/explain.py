@@ -112,7 +112,7 @@ def snapshot_from_dict(doc: Any) -> Snapshot:
     values = np.full((len(signals), width), np.nan)
     sampled_at = np.full((len(signals), width), np.nan)
     arrays = {k: np.full((len(RESOURCES), width), np.nan) for k in ("alloc", "req", "placed")}
-    arrays["placed"][:, :-1] = 0.0
+    arrays["placed"][:] = 0.0
     for col, name in enumerate(names):
         node = _map(nodes[name], f"nodes.{name}")
         for key, field in (

@@ -9,6 +9,7 @@ snapshot does not know maps to index ``-1`` and so reads as missing data, never 
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -140,11 +141,33 @@ class Snapshot:
     source_ok_at: float | None
     """When the live source last refreshed successfully; None when there is no live source."""
     built_at: float
+    table: FloatArray = field(init=False, repr=False, compare=False)
+    """All the per-node rows above stacked, so a request gathers its candidates in one take."""
+
+    def __post_init__(self) -> None:
+        table = np.vstack(
+            [self.values, self.sampled_at, self.allocatable, self.requested, self.placed]
+        )
+        table.setflags(write=False)
+        object.__setattr__(self, "table", table)
+
+    def gather(self, cols: IndexArray) -> tuple[FloatArray, ...]:
+        """(values, sampled_at, allocatable, requested, placed) of the given columns."""
+        g = np.take(self.table, cols, axis=1)
+        s, r = len(self.signals), len(RESOURCES)
+        return (
+            g[:s],
+            g[s : 2 * s],
+            g[2 * s : 2 * s + r],
+            g[2 * s + r : 2 * s + 2 * r],
+            g[2 * s + 2 * r :],
+        )
 
     def lookup(self, names: Sequence[str]) -> IndexArray:
         """Column indices for node names; -1 (the unknown column) for names not known."""
-        get = self.index.get
-        return np.fromiter((get(n, -1) for n in names), dtype=np.intp, count=len(names))
+        return np.fromiter(
+            map(self.index.get, names, itertools.repeat(-1)), dtype=np.intp, count=len(names)
+        )
 
 
 def empty_snapshot(signals: Sequence[str] = RESOURCES, now: float = 0.0) -> Snapshot:
@@ -197,8 +220,7 @@ def build_snapshot(
 
     # A pod is invisible to metrics when bound after the node's oldest resource sample.
     resource_rows = [sig.index(r) for r in RESOURCES if r in sig]
-    placed = np.zeros((len(RESOURCES), width))
-    placed[:, -1] = np.nan
+    placed = np.zeros((len(RESOURCES), width))  # nothing placed on an unknown node either
     for pod in placements:
         pcol = index.get(pod.node)
         if pcol is None:

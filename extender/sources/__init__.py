@@ -1,1 +1,1 @@
-"""Adapters that produce snapshot parts: static file now; Prometheus and metrics-server next."""
+"""Adapters that produce snapshot parts: the static file and Prometheus (metrics-server next)."""

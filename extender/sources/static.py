@@ -69,7 +69,8 @@ def _resources(node: str, section: str, data: Any) -> tuple[float | None, float 
 def parse_static(text: str, signals: tuple[str, ...]) -> StaticData:
     """Parse a static metrics document; only the given signals are read as samples."""
     try:
-        doc = yaml.safe_load(text)
+        # libyaml's parser when PyYAML was built with it: ~10x faster on large files.
+        doc = yaml.load(text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
     except yaml.YAMLError as exc:
         raise StaticFileError(f"invalid YAML: {exc}") from None
     if not isinstance(doc, dict) or not isinstance(doc.get("nodes"), dict):
