@@ -195,3 +195,25 @@ def test_durations(text, seconds):
 def test_bad_durations(text):
     with pytest.raises(ValueError, match="invalid duration"):
         parse_duration(text)
+
+
+@pytest.mark.parametrize(
+    ("extra", "expected"),
+    [
+        (
+            "metrics: {maxAge: 0s}\n",
+            "p.yaml:7:19: metrics.maxAge: Input should be greater than 0",
+        ),
+        (
+            "metrics: {prometheus: {timeout: 0}}\n",
+            "p.yaml:7:33: metrics.prometheus.timeout: Input should be greater than 0",
+        ),
+        (
+            "metrics: {prometheus: {ranges: {gpu: [0, 1]}}}\n",
+            "p.yaml:7:33: metrics.prometheus.ranges.gpu: signal 'gpu' is not declared in "
+            "metrics.signals (cpu, memory)",
+        ),
+    ],
+)
+def test_intervals_and_ranges(extra, expected):
+    assert errors(GOOD + extra) == [expected]

@@ -124,6 +124,11 @@ def _semantic_issues(doc: Document) -> list[Issue]:
                 )
     if isinstance(signals, dict) and not signals:
         add(("metrics", "signals"), "declare at least one signal")
+    ranges = _get(data, "metrics", "prometheus", "ranges")
+    if isinstance(ranges, dict):
+        for sig in ranges:
+            if sig not in declared:
+                add(("metrics", "prometheus", "ranges", sig), _undeclared(sig, declared), key=True)
 
     tiers = _get(data, "tiers")
     names: dict[str, int] = {}

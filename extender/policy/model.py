@@ -78,6 +78,8 @@ Duration = Annotated[
         }
     ),
 ]
+PositiveDuration = Annotated[Duration, Field(gt=0)]
+"""For intervals and timeouts, where zero would mean "always" or "never"."""
 Quantity = Annotated[
     float,
     BeforeValidator(_quantity),
@@ -133,10 +135,10 @@ class _Model(BaseModel):
 class PrometheusSource(_Model):
     url: str = "http://prometheus.monitoring.svc:9090"
     """Base URL of the Prometheus (or Thanos, Mimir) HTTP API."""
-    refreshInterval: Duration = 15.0
+    refreshInterval: PositiveDuration = 15.0
     """How often every signal is queried. 15s matches the usual scrape interval; faster buys
     nothing, since the data underneath only changes that often."""
-    timeout: Duration = 5.0
+    timeout: PositiveDuration = 5.0
     """Per query. Refreshes run in the background, so this never delays a scheduling answer."""
     nodeLabel: str = "node"
     """The label that carries the Kubernetes node name on every series the queries return."""
@@ -155,7 +157,7 @@ class PrometheusSource(_Model):
 class StaticSource(_Model):
     file: str = "static-metrics.yaml"
     """Per-node samples for demos and tests; a relative path is relative to the policy file."""
-    refreshInterval: Duration = 15.0
+    refreshInterval: PositiveDuration = 15.0
     """How often the file is read again. Its samples count as observed at each read."""
 
 
@@ -171,7 +173,7 @@ class MetricsSettings(_Model):
     """Signal name to the PromQL instant query that returns one 0..1 value per node. ``cpu``
     and ``memory`` are resources: pod estimates are added to them in projections. The defaults
     read the recording rules shipped in ``config/prometheus-rules.yaml``."""
-    maxAge: Duration = 60.0
+    maxAge: PositiveDuration = 60.0
     """A sample older than this is stale; a source that has not refreshed for this long is down
     and decisions fall back to request-based scoring. Four refresh intervals by default."""
     prometheus: PrometheusSource = Field(default_factory=PrometheusSource)
