@@ -7,6 +7,7 @@ decimal exponent (``e3``, ``E-2``). CPU quantities are returned in cores, memory
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 
@@ -41,6 +42,19 @@ def parse_quantity(text: str | int | float) -> float:
 
     Negative values, NaN and infinities are rejected: no resource in a pod or node can be negative.
     """
+    if type(text) is str:
+        return _parse_text(text)
+    return _parse(text)
+
+
+@functools.lru_cache(maxsize=4096)
+def _parse_text(text: str) -> float:
+    # A cluster uses a few hundred distinct quantity strings ("500m", "256Mi"), parsed for every
+    # container of every pod decoded: memoized. Errors are not cached (lru_cache re-raises).
+    return _parse(text)
+
+
+def _parse(text: str | int | float) -> float:
     if isinstance(text, bool):
         raise QuantityError(f"invalid quantity {text!r}: expected a string or number")
     if isinstance(text, int | float):
