@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Callable
 
@@ -189,3 +190,42 @@ async def test_admin_probes_and_metrics(aiohttp_client, ext):
     assert 'priority_extender_filter_rejections_total{reason="stale",tier="batch"} 1.0' in text
     assert 'priority_extender_request_duration_seconds_count{verb="filter"} 1.0' in text
     assert "priority_extender_fallback_active 0.0" in text
+
+
+async def test_burst_of_32_callers_is_shed_fast_not_queued(aiohttp_client):
+    ext = await make_extender(max_inflight=4)
+    client = await aiohttp_client(ext.scheduler_app())
+    body = fixture_bytes("filter-nodecache-true.json")
+    release = asyncio.Event()
+
+    async def slow_body():  # callers that hold their request open until released
+        yield body[:100]
+        await release.wait()
+        yield body[100:]
+
+    async def call():
+        resp = await client.post(
+            "/filter", data=slow_body(), headers={"Content-Type": "application/json"}
+        )
+        return resp.status, await resp.json()
+
+    tasks = [asyncio.create_task(call()) for _ in range(32)]
+    # 28 are refused while the first 4 are still reading their bodies
+    deadline = asyncio.get_running_loop().time() + 10
+    while sum(t.done() for t in tasks) < 28:
+        assert asyncio.get_running_loop().time() < deadline
+        await asyncio.sleep(0.01)
+    release.set()
+    results = await asyncio.gather(*tasks)
+    statuses = sorted(s for s, _ in results)
+    assert statuses == [200] * 4 + [503] * 28
+    shed = next(r for s, r in results if s == 503)
+    assert shed["Error"].startswith("overloaded: 4 requests in flight (limit 4)")
+    sample = ext.metrics.registry.get_sample_value
+    assert (
+        sample("priority_extender_requests_total", {"verb": "filter", "outcome": "overloaded"})
+        == 28
+    )
+    # and once the burst is over, requests are served again
+    status, _ = await post(client, "/filter", body)
+    assert status == 200

@@ -144,6 +144,7 @@ def _bad_node_quantity():
         (fixture_bytes("filter-nodecache-true.json")[:-40], "malformed JSON"),
         (_with(Pod=None), "Pod is missing or null"),
         (_with(NodeNames=None), "both Nodes and NodeNames are null"),
+        (_with(Nodes={"items": []}), "both Nodes and NodeNames are set"),
         (_with(NodeNames=[1, 2]), "Expected `str`, got `int` - at `$.NodeNames[0]`"),
         (_with(NodeNames="node-a"), "Expected `array | null`, got `str` - at `$.NodeNames`"),
         (_bad_quantity(), "Pod.spec.containers[0].resources.requests.cpu: invalid quantity"),

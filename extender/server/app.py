@@ -16,7 +16,7 @@ import time
 from collections import Counter, deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Protocol, TypeVar
+from typing import Literal, Protocol, TypeVar
 
 from aiohttp import web
 from prometheus_client.aiohttp import make_aiohttp_handler
@@ -76,6 +76,10 @@ class ServerSettings:
     shutdown_timeout: float = 10.0
     """Seconds in-flight requests get after the drain; drain + this stay below Kubernetes'
     default 30 s termination grace period."""
+    max_inflight: int = 16
+    """Requests handled at once on the scheduler port; more get a fast 503. kube-scheduler
+    calls one at a time per profile, so 16 leaves room for several schedulers and retries while
+    bounding memory to 16 request bodies."""
     drain_seconds: float = 3.0
     """After SIGTERM: seconds of answering with readiness already 503, while endpoint removal
     reaches kube-proxy. 0 for a localhost sidecar, where nothing routes through a Service."""
@@ -83,6 +87,12 @@ class ServerSettings:
     """Safety-net period of the policy file content check (the directory is also watched)."""
     tls: TLSFiles | None = None
     """Serve the scheduler port over HTTPS (and require client certificates if a CA is set)."""
+    kubernetes: Literal["auto", "off"] = "off"
+    """``auto``: keep nodes and bound pods from the Kubernetes API when a configuration is found
+    (``kubeconfig``, in-cluster, ``$KUBECONFIG`` or ``~/.kube/config``). Off here so that embedding
+    and tests never reach a cluster by accident; ``serve`` defaults to ``auto``."""
+    kubeconfig: str | None = None
+    """An explicit kubeconfig file for ``auto`` (one that does not load stops start-up)."""
 
 
 class BadRequest(Exception):
@@ -116,6 +126,7 @@ class Extender:
         self.size_providers: list[Callable[[], dict[str, int]]] = [self._sizes]
         """Cache sizes for ``priority_extender_cache_entries``; sources add theirs."""
         metrics.observe_state(store, self._all_sizes, clock)
+        self._inflight = 0
         self._approvals: deque[tuple[float, str]] = deque()
         """(time, node) of every preemption candidate handed back, for the per-node cap."""
 
@@ -144,6 +155,32 @@ class Extender:
         return evaluation
 
     async def _handle(
+        self,
+        request: web.Request,
+        verb: str,
+        decode: Callable[[bytes], A],
+        answer: Callable[[A], bytes],
+        fail_open: Callable[[A], bytes],
+    ) -> web.Response:
+        if self._inflight >= self.settings.max_inflight:
+            # Shed load before reading the body: memory stays bounded by max_inflight bodies.
+            self.metrics.requests.labels(verb, "overloaded").inc()
+            return web.Response(
+                status=503,
+                body=encode_error(
+                    f"overloaded: {self._inflight} requests in flight "
+                    f"(limit {self.settings.max_inflight}); retry"
+                ),
+                content_type=JSON,
+                headers={"Retry-After": "1"},
+            )
+        self._inflight += 1
+        try:
+            return await self._handle_admitted(request, verb, decode, answer, fail_open)
+        finally:
+            self._inflight -= 1
+
+    async def _handle_admitted(
         self,
         request: web.Request,
         verb: str,

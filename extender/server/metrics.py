@@ -44,7 +44,7 @@ LATENCY_BUCKETS = (
 #: From a names-only call on a small cluster (~2 KB) to a full-node list of 5,000 nodes (~77 MB).
 SIZE_BUCKETS = (1e3, 1e4, 1e5, 1e6, 1e7, 1e8)
 
-OUTCOMES = ("ok", "bad_request", "too_large", "fail_open", "abandoned")
+OUTCOMES = ("ok", "bad_request", "too_large", "fail_open", "abandoned", "overloaded")
 PREEMPT_RESULTS = (
     "kept",
     "dropped_live_load",

@@ -187,6 +187,11 @@ def decode_args(body: bytes) -> FilterArgs:
     pod = decode_pod(raw_pod)
     node_list = args.Nodes if args.Nodes is not None else args.nodes
     names = args.NodeNames if args.NodeNames is not None else args.nodenames
+    if names is not None and node_list is not None:
+        raise WireError(
+            "invalid ExtenderArgs: both Nodes and NodeNames are set; kube-scheduler sends one "
+            "(NodeNames with nodeCacheCapable: true, Nodes otherwise)"
+        )
     if names is not None:
         return FilterArgs(pod=pod, candidates=Candidates(names=names), full_nodes=None)
     if node_list is None:
