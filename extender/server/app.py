@@ -141,6 +141,11 @@ class Extender:
             body = await request.read()
         except web.HTTPRequestEntityTooLarge:
             raise BadRequest(413, _too_large(None, limit), "too_large") from None
+        except ConnectionResetError:
+            # The caller went away mid-body (its timeout, or a crash): nobody to answer.
+            raise BadRequest(
+                499, "caller disconnected while sending the body", "abandoned"
+            ) from None
         self.metrics.request_bytes.labels(verb).observe(len(body))
         try:
             return decode(body)
@@ -194,6 +199,9 @@ class Extender:
             args = await self._read(request, verb, decode)
         except BadRequest as exc:
             self.metrics.requests.labels(verb, exc.outcome).inc()
+            if exc.outcome == "abandoned":
+                log.info("%s: %s", verb, exc.message)
+                return web.Response(status=499, body=b"")
             log.warning("%s: rejected request: %s", verb, exc.message)
             return web.Response(
                 status=exc.status, body=encode_error(exc.message), content_type=JSON
