@@ -367,3 +367,13 @@ def test_snapshot_is_immutable():
                           now=NOW)  # fmt: skip
     with pytest.raises(ValueError, match="read-only"):
         snap.values[0, 0] = 1.0
+
+
+def test_request_based_utilization_does_not_count_just_placed_pods_twice():
+    # requested (2 cores) already includes the pod bound 1 s ago; only the incoming pod is added
+    nodes = [node("a", req_cpu=2.0, req_memory=0.0)]
+    placements = [PlacedPod("a", cpu=1.0, memory=0, bound_at=NOW - 1)]
+    snap = snapshot({"a": (0.1, 0.1)}, nodes=nodes, placements=placements, source_ok_at=None)
+    ev = run(pod(cpu=1.0, memory=0), snap, rules(tier(weights={"cpu": 1})))
+    assert ev.fallback
+    assert ev.usage[0, 0] == pytest.approx((2.0 + 1.0) / 4)  # not (2 + 1 + 1) / 4

@@ -248,8 +248,15 @@ def _evaluate(
             projection[signals.index(resource)] += added[r]
 
     def by_requests() -> FloatArray:
-        """Request-based utilization per signal row (NaN for non-resource signals)."""
-        ratio = np.where(known_alloc, (requested + delta) / alloc, np.nan)
+        """Request-based utilization per signal row (NaN for non-resource signals).
+
+        ``requested`` already sums every bound pod, just-placed ones included: only the
+        incoming pod (less any preemption victims) is added.
+        """
+        incoming = np.array(estimate)[:, None]
+        if candidates.freed is not None:
+            incoming = incoming - candidates.freed
+        ratio = np.where(known_alloc, (requested + incoming) / alloc, np.nan)
         out = np.full((nsig, count), np.nan)
         for r, resource in enumerate(RESOURCES):
             if resource in signals:

@@ -58,7 +58,8 @@ class NodeInfo:
     allocatable_cpu: float | None = None
     allocatable_memory: float | None = None
     requested_cpu: float | None = None
-    """Sum of the requests of the pods bound to the node (cores), when a pod cache knows it."""
+    """Sum of the requests of all pods bound to the node (cores), just-placed ones included,
+    when a pod cache knows it."""
     requested_memory: float | None = None
 
 

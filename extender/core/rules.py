@@ -110,7 +110,7 @@ class Tier:
 class Estimation:
     """How the usage of a pod that metrics cannot see yet is estimated."""
 
-    window_s: float = 90.0
+    window_s: float = 150.0
     """A bound pod counts as just placed while bound more recently than this, or after its
     node's latest sample, whichever ends later."""
     prefer: EstimateFrom = EstimateFrom.REQUESTS

@@ -230,9 +230,10 @@ class EstimationDefaults(_Model):
 
 
 class EstimationSpec(_Model):
-    window: Duration = 90.0
-    """Pods bound within this window still count as just placed (metrics lag placements by a
-    scrape interval plus a rate window)."""
+    window: Duration = 150.0
+    """Pods bound within this window still count as just placed. Metrics lag a placement by a
+    scrape interval plus the rate window before they show its full usage: 15 s + 2 m with the
+    shipped recording rules, so 150 s."""
     prefer: Literal["requests", "limits"] = "requests"
     requestsFactor: Annotated[float, Field(gt=0, le=10)] = 1.0
     """Requests are multiplied by this when they estimate usage."""
