@@ -522,7 +522,7 @@ async def test_retry_after_stretches_the_next_wait(fake):
         assert await source.refresh()
         assert source.next_delay() == 15.0
 
-    eager = PrometheusSource(SnapshotStore(make_policy(fake.url, refreshInterval=0)))
+    eager = PrometheusSource(SnapshotStore(make_policy(fake.url, refreshInterval="100ms")))
     assert eager.next_delay() == MIN_INTERVAL_S
 
 
