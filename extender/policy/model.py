@@ -161,6 +161,14 @@ class StaticSource(_Model):
     """How often the file is read again. Its samples count as observed at each read."""
 
 
+class MetricsServerSource(_Model):
+    refreshInterval: PositiveDuration = 15.0
+    """How often NodeMetrics are read. metrics-server itself scrapes kubelets every 15 s by
+    default, so faster buys nothing."""
+    timeout: PositiveDuration = 5.0
+    """Per request; refreshes run in the background."""
+
+
 class MetricsSettings(_Model):
     source: Literal["static", "prometheus", "metrics-server", "none"] = "static"
     """Where live utilization comes from. ``none`` means request-based scoring only."""
@@ -178,6 +186,7 @@ class MetricsSettings(_Model):
     and decisions fall back to request-based scoring. Four refresh intervals by default."""
     prometheus: PrometheusSource = Field(default_factory=PrometheusSource)
     static: StaticSource = Field(default_factory=StaticSource)
+    metricsServer: MetricsServerSource = Field(default_factory=MetricsServerSource)
 
 
 class SelectorExpression(_Model):

@@ -1,0 +1,168 @@
+"""The metrics-server source, through the real ``kubernetes.aio`` client.
+
+There is no kube-apiserver (nor metrics-server) on these machines: a loopback aiohttp server
+stands in for ``GET /apis/metrics.k8s.io/v1beta1/nodes``, the only call the source makes, and the
+real client of the ``kubernetes`` package talks to it over HTTP.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import json
+from typing import Any
+
+import pytest
+from aiohttp import web
+from kubernetes.aio import client as k8s
+
+from extender.core import NodeInfo, Sample
+from extender.policy import embedded_default
+from extender.sources.metrics_server import MetricsServerSource, parse_node_metrics
+from extender.store import SnapshotStore
+from tests.builders import NOW, GiB
+
+TS = "2027-01-15T08:00:00Z"
+TS_EPOCH = 1_800_000_000.0  # the same instant, in seconds since the epoch
+
+
+def node_metrics(name: str, cpu: str, memory: str, ts: str = TS) -> dict[str, Any]:
+    return {
+        "metadata": {"name": name, "creationTimestamp": ts},
+        "timestamp": ts,
+        "window": "20.05s",
+        "usage": {"cpu": cpu, "memory": memory},
+    }
+
+
+class MetricsAPI:
+    def __init__(self) -> None:
+        self.items = [
+            node_metrics("a", "1500m", "4Gi"),
+            node_metrics("b", "250000000n", "8388608Ki"),
+            node_metrics("unknown", "1", "1Gi"),  # no allocatable known: no sample
+        ]
+        self.status = 200
+        self.hang = asyncio.Event()
+        self.hanging = False
+
+    async def handle(self, request: web.Request) -> web.Response:
+        if self.hanging:
+            await self.hang.wait()
+        if self.status != 200:
+            return web.json_response({"kind": "Status", "message": "nope"}, status=self.status)
+        return web.json_response({"kind": "NodeMetricsList", "items": self.items})
+
+
+@pytest.fixture
+async def api(aiohttp_server):
+    m = MetricsAPI()
+    app = web.Application()
+    app.router.add_get("/apis/metrics.k8s.io/v1beta1/nodes", m.handle)
+    server = await aiohttp_server(app)
+    conf = k8s.Configuration(host=str(server.make_url("")).rstrip("/"))
+    api_client = k8s.ApiClient(conf)
+    custom = k8s.CustomObjectsApi(api_client)
+    m.fetch = functools.partial(  # type: ignore[attr-defined]
+        custom.list_cluster_custom_object_without_preload_content,
+        "metrics.k8s.io",
+        "v1beta1",
+        "nodes",
+    )
+    yield m
+    m.hang.set()
+    await api_client.close()
+
+
+def store() -> SnapshotStore:
+    s = SnapshotStore(embedded_default(), clock=lambda: NOW)
+    s.set_nodes([NodeInfo("a", 4.0, 16 * GiB), NodeInfo("b", 2.0, 32 * GiB)])
+    return s
+
+
+async def test_refresh_turns_usage_into_utilization(api):
+    st = store()
+    source = MetricsServerSource(st, api.fetch, 15, 5, clock=lambda: NOW)
+    assert await source.refresh()
+    snap = st.current.snapshot
+    a, b = snap.index["a"], snap.index["b"]
+    assert snap.values[:, a].tolist() == [1.5 / 4, 4 / 16]
+    assert snap.values[:, b].tolist() == [0.25 / 2, 8 / 32]
+    assert snap.sampled_at[0, a] == TS_EPOCH  # the sample's own time, for staleness
+    assert snap.source_ok_at == NOW
+    assert "unknown" not in snap.index
+    assert source.skipped == {"unknown_allocatable": 1}
+
+
+@pytest.mark.parametrize(
+    ("fault", "message"),
+    [
+        ("status", "HTTP 503"),
+        ("garbage", "not a NodeMetricsList"),
+        ("empty", "no usable node metrics"),
+        ("hang", "TimeoutError"),
+    ],
+)
+async def test_faults_keep_the_last_samples(api, fault, message, caplog):
+    st = store()
+    source = MetricsServerSource(st, api.fetch, 15, 0.3, clock=lambda: NOW)
+    assert await source.refresh()
+    good = st.current
+    if fault == "status":
+        api.status = 503
+    elif fault == "garbage":
+        api.items = [{"metadata": {"name": 5}}]
+    elif fault == "empty":
+        api.items = []
+    else:
+        api.hanging = True
+    assert not await source.refresh()
+    assert st.current is good
+    assert message in (source.last_error or "")
+    assert "keeping the last samples" in caplog.text
+
+
+def test_parse_checks_every_item():
+    alloc = {"a": (4.0, 16.0 * GiB), "b": (2.0, 8.0 * GiB), "c": (2.0, 8.0 * GiB)}
+    body = json.dumps(
+        {
+            "items": [
+                node_metrics("a", "2", "8Gi"),
+                node_metrics("b", "lots", "1Gi"),  # bad cpu: memory still counts
+                node_metrics("c", "100", "1Gi"),  # 50 x allocatable: broken
+                node_metrics("a", "1", "1Gi"),  # duplicate: both dropped
+                node_metrics("d", "1", "1Gi", ts="yesterday"),
+                {"metadata": {}, "usage": {}},
+            ]
+        }
+    ).encode()
+    samples, skipped = parse_node_metrics(body, alloc.get)
+    assert samples == {
+        "b": {"memory": Sample(1 / 8, TS_EPOCH)},
+        "c": {"memory": Sample(1 / 8, TS_EPOCH)},
+    }
+    assert skipped == {
+        "bad_quantity": 1,
+        "out_of_range": 1,
+        "duplicate": 1,
+        "bad_timestamp": 1,
+        "no_name": 1,
+    }
+
+
+async def test_run_refreshes_on_its_interval_with_jitter(api):
+    st = store()
+    waits: list[float] = []
+
+    async def sleep(seconds: float) -> None:
+        waits.append(seconds)
+        if len(waits) == 3:
+            raise asyncio.CancelledError
+
+    source = MetricsServerSource(
+        st, api.fetch, 10, 5, sleep=sleep, rand=iter([0.0, 0.5, 1.0]).__next__
+    )
+    with pytest.raises(asyncio.CancelledError):
+        await source.run()
+    assert waits == pytest.approx([9.0, 10.0, 11.0])
+    assert source.refreshes_ok == 2
