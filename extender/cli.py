@@ -22,11 +22,13 @@ import msgspec
 import yaml
 
 from extender import __version__, logs, report
+from extender.cluster import ClusterConfigError
 from extender.core import Candidates, evaluate, snapshot_from_dict, summarize
 from extender.policy import LoadedPolicy, PolicyDocument, PolicyError, embedded_default, load_file
 from extender.server.app import DEFAULT_MAX_REQUEST_BYTES, ServerSettings
 from extender.server.run import serve
 from extender.server.tls import TLSConfigError, TLSFiles
+from extender.simulate import cli as simulate_cli
 from extender.wire import WireError, decode_pod
 
 ENV_PREFIX = "PRIORITY_EXTENDER_"
@@ -100,6 +102,12 @@ def _parser() -> argparse.ArgumentParser:
         help="largest request body accepted (full-node requests are ~15 KB per node)",
     )
     s.add_argument(
+        "--max-inflight",
+        type=int,
+        default=_env_int("MAX_INFLIGHT", 16),
+        help="requests handled at once on the scheduler port; more get a fast 503",
+    )
+    s.add_argument(
         "--log-level",
         default=_env("LOG_LEVEL", "info"),
         choices=["debug", "info", "warning", "error"],
@@ -121,6 +129,17 @@ def _parser() -> argparse.ArgumentParser:
         type=float,
         default=_env_float("SHUTDOWN_TIMEOUT", 10.0),
         help="then give in-flight requests this long to finish",
+    )
+    s.add_argument(
+        "--kubernetes",
+        default=_env("KUBERNETES", "auto"),
+        choices=["auto", "off"],
+        help="auto: list+watch nodes and bound pods when in a cluster or a kubeconfig exists",
+    )
+    s.add_argument(
+        "--kubeconfig",
+        default=_env("KUBECONFIG"),
+        help="kubeconfig file (default: in-cluster, then $KUBECONFIG or ~/.kube/config)",
     )
     s.add_argument("--tls-cert-file", default=_env("TLS_CERT_FILE"), help="serve HTTPS")
     s.add_argument("--tls-key-file", default=_env("TLS_KEY_FILE"))
@@ -151,6 +170,7 @@ def _parser() -> argparse.ArgumentParser:
     check = psub.add_parser("check", help="validate policy files; exit 1 on any error")
     check.add_argument("files", nargs="+")
     psub.add_parser("schema", help="print the policy JSON schema")
+    simulate_cli.add_parser(sub)
     return p
 
 
@@ -193,14 +213,17 @@ def _serve(ns: argparse.Namespace) -> int:
         admin_port=ns.admin_port,
         url_prefix=ns.url_prefix,
         max_request_bytes=ns.max_request_bytes,
+        max_inflight=ns.max_inflight,
         drain_seconds=ns.drain_seconds,
         shutdown_timeout=ns.shutdown_timeout,
         tls=tls,
+        kubernetes=ns.kubernetes,
+        kubeconfig=ns.kubeconfig,
     )
     policy_path = Path(ns.policy) if ns.policy else None
     try:
         asyncio.run(serve(policy, settings, policy_path))
-    except (OSError, TLSConfigError) as exc:
+    except (OSError, TLSConfigError, ClusterConfigError) as exc:
         print(f"error: cannot start: {exc}", file=sys.stderr)
         return 1
     return 0
@@ -277,7 +300,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _serve(ns)
     if ns.command == "explain":
         return _explain(ns)
+    if ns.command == "simulate":
+        return simulate_cli.run(ns)
     if ns.policy_command == "check":
         return _check(ns.files)
     print(json.dumps(policy_schema(), indent=2))
     return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

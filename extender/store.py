@@ -80,3 +80,10 @@ class SnapshotStore:
     def set_placements(self, placements: Sequence[PlacedPod]) -> None:
         self._placements = tuple(placements)
         self._swap()
+
+    def set_cluster(self, nodes: Sequence[NodeInfo], placements: Sequence[PlacedPod]) -> None:
+        """Nodes (request totals filled) and recently bound pods from the cluster cache, in one
+        swap: a pod event changes both, and each swap rebuilds the snapshot."""
+        self._nodes = tuple(nodes)
+        self._placements = tuple(placements)
+        self._swap()

@@ -10,17 +10,20 @@ from __future__ import annotations
 import asyncio
 import functools
 import json
+from datetime import UTC, datetime
 from typing import Any
 
+import aiohttp
 import pytest
 from aiohttp import web
 from kubernetes.aio import client as k8s
+from prometheus_client import CollectorRegistry
 
 from extender.core import NodeInfo, Sample
-from extender.policy import embedded_default
+from extender.policy import embedded_default, load_file
 from extender.sources.metrics_server import MetricsServerSource, parse_node_metrics
 from extender.store import SnapshotStore
-from tests.builders import NOW, GiB
+from tests.builders import NOW, GiB, fixture_json
 
 TS = "2027-01-15T08:00:00Z"
 TS_EPOCH = 1_800_000_000.0  # the same instant, in seconds since the epoch
@@ -166,3 +169,67 @@ async def test_run_refreshes_on_its_interval_with_jitter(api):
         await source.run()
     assert waits == pytest.approx([9.0, 10.0, 11.0])
     assert source.refreshes_ok == 2
+
+
+class ApiWithMetrics:
+    """Stand-in for kube-apiserver with metrics-server's API registered (aggregated)."""
+
+    @staticmethod
+    def make(usage: dict[str, tuple[str, str]]):
+        from tests.fake_apiserver import FakeApiServer
+
+        class Fake(FakeApiServer):
+            def app(self) -> web.Application:
+                app = super().app()
+
+                async def metrics(request: web.Request) -> web.Response:
+                    now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+                    items = [node_metrics(n, c, m, now) for n, (c, m) in usage.items()]
+                    return web.json_response({"kind": "NodeMetricsList", "items": items})
+
+                app.router.add_get("/apis/metrics.k8s.io/v1beta1/nodes", metrics)
+                return app
+
+        return Fake()
+
+
+async def test_end_to_end_through_the_server(tmp_path, monkeypatch):
+    """With the cluster cache (allocatable) and metrics-server (usage), a batch pod's filter
+    rejects the node whose usage puts it over the tier ceiling."""
+    from extender.server import run as run_module
+    from extender.server.app import ServerSettings
+    from extender.server.run import running
+    from tests.fake_apiserver import make_node
+    from tests.test_cluster_config import kubeconfig
+    from tests.test_cluster_watch import until
+
+    monkeypatch.setattr(run_module, "METRICS_SERVER_FIRST_DELAY_S", 0.2)
+    api = ApiWithMetrics.make({"hot": ("15", "8Gi"), "cool": ("2", "8Gi")})
+    await api.start()
+    for name in ("hot", "cool"):
+        api.put("nodes", make_node(name, cpu="16", memory="64Gi"))
+    text = (embedded_default().base_dir / "policy.yaml").read_text()  # type: ignore[operator]
+    (tmp_path / "policy.yaml").write_text(text.replace("source: static", "source: metrics-server"))
+    policy = load_file(tmp_path / "policy.yaml")
+    settings = ServerSettings(
+        host="127.0.0.1", port=0, admin_host="127.0.0.1", admin_port=0,
+        kubernetes="auto", kubeconfig=str(kubeconfig(tmp_path, api.url)),
+    )  # fmt: skip
+    body = fixture_json("filter-nodecache-true.json")
+    body["NodeNames"] = ["hot", "cool"]
+    try:
+        async with (
+            running(policy, settings, CollectorRegistry()) as state,
+            aiohttp.ClientSession() as http,
+        ):
+            store = state.extender.store
+            await until(lambda: store.current.snapshot.source_ok_at is not None)
+            url = f"http://127.0.0.1:{state.ports['scheduler']}/filter"
+            async with http.post(url, json=body) as resp:
+                reply = await resp.json()
+            assert reply["NodeNames"] == ["cool"]
+            assert reply["FailedAndUnresolvableNodes"] == {
+                "hot": "cpu load above batch tier ceiling"
+            }
+    finally:
+        await api.stop()

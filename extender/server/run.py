@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import signal
 from collections.abc import AsyncIterator
@@ -11,13 +12,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from aiohttp import web
+from kubernetes.aio import client as k8s
 from prometheus_client import CollectorRegistry
 
+from extender.cluster import ClusterSource, start_cluster
+from extender.cluster.connect import KubernetesMode, load_configuration
 from extender.policy import LoadedPolicy
 from extender.server.app import Extender, ServerSettings
 from extender.server.metrics import Metrics
 from extender.server.reload import PolicyReloader
 from extender.server.tls import CertReloader, server_context
+from extender.sources.metrics_server import MetricsServerSource
 from extender.sources.prometheus import PrometheusSource, PrometheusSourceMetrics
 from extender.sources.static import StaticSource, static_path
 from extender.store import SnapshotStore
@@ -36,6 +41,8 @@ class Running:
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
     ports: dict[str, int] = field(default_factory=dict)
     """Bound ports by name (``scheduler``, ``admin``): useful when started on port 0."""
+    cluster: ClusterSource | None = None
+    """The Kubernetes API cache, when enabled and configured."""
 
 
 def _bound_port(runner: web.AppRunner) -> int:
@@ -51,6 +58,8 @@ async def start_sources(
     policy: LoadedPolicy,
     registry: CollectorRegistry | None = None,
     prom_metrics: PrometheusSourceMetrics | None = None,
+    kubernetes: KubernetesMode = "off",
+    kubeconfig: str | None = None,
 ) -> list[asyncio.Task[None]]:
     """Start the metrics source the policy names. Its first read completes before returning.
 
@@ -82,12 +91,41 @@ async def start_sources(
         await source.refresh()
         return [asyncio.create_task(source.run())]
     if metrics.source == "metrics-server":
-        log.warning(
-            "metrics source %r is not implemented in this version; "
-            "using request-based scoring (fallback) until it is",
-            metrics.source,
-        )
+        configuration = await load_configuration(kubernetes, kubeconfig)
+        if configuration is None:
+            log.warning(
+                "metrics-server source needs the Kubernetes API (--kubernetes auto and a "
+                "kubeconfig or in-cluster config); using request-based scoring instead"
+            )
+            return []
+        return [asyncio.create_task(_metrics_server(store, configuration, policy))]
     return []
+
+
+#: The first metrics-server read waits for the cluster cache's first node list, which supplies
+#: the allocatable that usage is divided by (a second or two on large clusters).
+METRICS_SERVER_FIRST_DELAY_S = 3.0
+
+
+async def _metrics_server(
+    store: SnapshotStore, configuration: k8s.Configuration, policy: LoadedPolicy
+) -> None:
+    settings = policy.document.metrics.metricsServer
+    api_client = k8s.ApiClient(configuration)
+    custom = k8s.CustomObjectsApi(api_client)
+    fetch = functools.partial(
+        custom.list_cluster_custom_object_without_preload_content,
+        "metrics.k8s.io",
+        "v1beta1",
+        "nodes",
+    )
+    source = MetricsServerSource(store, fetch, settings.refreshInterval, settings.timeout)
+    try:
+        await asyncio.sleep(METRICS_SERVER_FIRST_DELAY_S)
+        await source.refresh()
+        await source.run()
+    finally:
+        await api_client.close()  # type: ignore[no-untyped-call]
 
 
 async def _cancel(tasks: list[asyncio.Task[None]]) -> None:
@@ -101,14 +139,29 @@ async def _cancel(tasks: list[asyncio.Task[None]]) -> None:
 class Sources:
     """The running metrics source, restarted when a reload changes the metrics settings."""
 
-    def __init__(self, store: SnapshotStore, registry: CollectorRegistry) -> None:
+    def __init__(
+        self,
+        store: SnapshotStore,
+        registry: CollectorRegistry,
+        kubernetes: KubernetesMode = "off",
+        kubeconfig: str | None = None,
+    ) -> None:
         self.store = store
         self.registry = registry
         self.prom_metrics = PrometheusSourceMetrics(registry)
+        self.kubernetes: KubernetesMode = kubernetes
+        self.kubeconfig = kubeconfig
         self.tasks: list[asyncio.Task[None]] = []
 
     async def start(self, policy: LoadedPolicy) -> None:
-        self.tasks = await start_sources(self.store, policy, self.registry, self.prom_metrics)
+        self.tasks = await start_sources(
+            self.store,
+            policy,
+            self.registry,
+            self.prom_metrics,
+            self.kubernetes,
+            self.kubeconfig,
+        )
 
     async def stop(self) -> None:
         await _cancel(self.tasks)
@@ -141,7 +194,7 @@ async def running(
     store = SnapshotStore(policy)
     metrics = Metrics(registry if registry is not None else CollectorRegistry())
     extender = Extender(store, metrics, settings)
-    sources = Sources(store, metrics.registry)
+    sources = Sources(store, metrics.registry, settings.kubernetes, settings.kubeconfig)
     await sources.start(policy)
     tasks: list[asyncio.Task[None]] = []
     if policy_path is not None:
@@ -154,6 +207,13 @@ async def running(
     runners: list[web.AppRunner] = []
     state = Running(extender, runners, tasks)
     try:
+        cluster = await start_cluster(store, settings.kubernetes, settings.kubeconfig)
+        if cluster is not None:
+            state.cluster = cluster
+            tasks.extend(cluster.tasks)
+            extender.readiness_checks.append(cluster.not_ready)
+            extender.size_providers.append(cluster.sizes)
+            extender.victim_lookup = cluster.estimate
         for name, app, host, port, ctx in (
             ("scheduler", extender.scheduler_app(), settings.host, settings.port, ssl_context),
             ("admin", extender.admin_app(), settings.admin_host, settings.admin_port, None),
