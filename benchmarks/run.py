@@ -70,7 +70,7 @@ FULL = Plan(
     2000,
     (100, 500, 1000, 5000, 15000),
 )
-QUICK = Plan((10, 50), (10,), 100, 0.3, 40, 20, (10, 100))
+QUICK = Plan((10, 50), (10,), 100, 0.3, 40, 200, (10, 100))
 
 
 def free_port() -> int:
@@ -414,13 +414,15 @@ def report(
             )
         lines.append("")
     cpu = extra["cpu_ms_per_pod"]
+    # /proc counts CPU in clock ticks (10 ms): a tiny run can measure zero.
+    rate = f"{1000 / cpu:,.0f}" if cpu > 0 else "(too few pods to measure)"
     lines += [
         "## CPU per scheduled pod",
         "",
         f"Filter + prioritize at {int(extra['cpu_pod_nodes']):,} names, one pod at a time, "
         f"{plan.cpu_pods:,} pods, from the extender process's own CPU counters: "
         f"**{cpu:.3f} ms of CPU per pod**, so one core sustains about "
-        f"**{1000 / cpu:,.0f} pods/s** before the extender becomes the bottleneck.",
+        f"**{rate} pods/s** before the extender becomes the bottleneck.",
         "",
         f"Extender resident memory: {extra['rss_mb_idle']:.0f} MB with {plan.cluster:,} nodes "
         f"known, {extra['rss_mb_after']:.0f} MB after the run.",
