@@ -12,8 +12,10 @@ for one pod at a time over a keep-alive connection, with ``--names`` random node
 Measured: resident memory (``/proc/self/status``) before the cache starts, after the first full
 sync and at its peak; time to the first node list and to the first full sync; and the latency of
 both verbs while quiet and while a relist of every pod runs (the server ends the pod watch with a
-410, as after an etcd compaction). Also the worst event-loop lag, sampled every millisecond. The
-fake server shares the machine's cores with the extender, which a real API server would not.
+410, as after an etcd compaction). Also event-loop lag (sampled every millisecond, with the CPU
+the loop spent in that time) and the garbage collector's pauses. The extender is pinned to one
+core and the fake server and client to the others, as a real API server and kube-scheduler run
+elsewhere. Figures move between runs on a small shared machine: compare phases within one run.
 """
 
 from __future__ import annotations

@@ -40,6 +40,7 @@ import contextlib
 import json
 import sys
 import time
+import zlib
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -78,7 +79,8 @@ def make_node(
     address: str | None = None,
 ) -> dict[str, Any]:
     """A Node as the API returns it, with the bulk of a real one (images, conditions)."""
-    ip = address or f"10.0.{hash(name) % 250}.{hash(name[::-1]) % 250}"
+    n = zlib.crc32(name.encode())
+    ip = address or f"10.{n >> 16 & 255}.{n >> 8 & 255}.{n & 255}"
     return {
         "kind": "Node",
         "apiVersion": "v1",
