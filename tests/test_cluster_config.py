@@ -111,6 +111,14 @@ async def test_server_is_ready_after_the_first_node_list(no_cluster_env, tmp_pat
             assert (status.nodes, status.pods, status.lists) == (1, 1, 2)
             assert status.age(status.synced_at or 0) == 0.0
             assert cluster.sizes()["cluster_pods"] == 1
+            metrics_url = f"http://127.0.0.1:{state.ports['admin']}/metrics"
+            async with http.get(metrics_url) as resp:
+                text = await resp.text()
+            assert "priority_extender_cluster_synced 1.0" in text
+            assert "priority_extender_cluster_lists_total 2.0" in text
+            assert "priority_extender_cluster_errors_total 0.0" in text
+            assert "priority_extender_cluster_cache_age_seconds " in text
+            assert 'priority_extender_cache_entries{cache="cluster_pods"} 1.0' in text
             await until(lambda: gc.get_freeze_count() > 0)  # once synced (the default)
         assert all(t.done() for t in cluster.tasks)
     finally:

@@ -15,11 +15,17 @@ from dataclasses import dataclass, field
 import numpy as np
 import numpy.typing as npt
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
-from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily, InfoMetricFamily
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    InfoMetricFamily,
+)
 from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 
 from extender import __version__
+from extender.cluster.source import ClusterStatus
 from extender.core import MAX_SCORE, Evaluation
 from extender.store import SnapshotStore
 
@@ -249,3 +255,40 @@ class Metrics:
     def observe_scores(self, evaluation: Evaluation) -> None:
         tier = "(bypass)" if evaluation.tier is None else evaluation.tier.name
         self.scores.add(tier, evaluation.scores)
+
+
+class ClusterCollector(Collector):
+    """The Kubernetes API cache's health, read from its status at scrape time."""
+
+    def __init__(
+        self, status: Callable[[], ClusterStatus], clock: Callable[[], float] = time.time
+    ) -> None:
+        self.status = status
+        self.clock = clock
+
+    def collect(self) -> Iterable[Metric]:
+        st = self.status()
+        age = GaugeMetricFamily(
+            "priority_extender_cluster_cache_age_seconds",
+            "Seconds since the Kubernetes API cache was last known current (absent before the "
+            "first full sync); it grows while a watch is broken and the cache serves as is.",
+        )
+        synced_age = st.age(self.clock())
+        if synced_age is not None:
+            age.add_metric([], synced_age)
+        yield age
+        yield GaugeMetricFamily(
+            "priority_extender_cluster_synced",
+            "1 once nodes and pods have both been listed in full.",
+            value=1 if st.nodes_synced and st.pods_synced else 0,
+        )
+        for name, help_text, value in (
+            ("lists", "Full lists made (the first, and relists after 410 Gone).", st.lists),
+            ("watches", "Watch streams opened.", st.watches),
+            ("events", "Watch events applied.", st.events),
+            ("stalls", "Watch streams that went silent and were restarted.", st.stalls),
+            ("errors", "Failed API calls (each followed by a backoff).", st.errors),
+        ):
+            yield CounterMetricFamily(
+                f"priority_extender_cluster_{name}", help_text, value=float(value)
+            )

@@ -19,7 +19,7 @@ from extender.cluster import ClusterSource, start_cluster
 from extender.cluster.connect import KubernetesMode, load_configuration
 from extender.policy import LoadedPolicy
 from extender.server.app import Extender, ServerSettings
-from extender.server.metrics import Metrics
+from extender.server.metrics import ClusterCollector, Metrics
 from extender.server.reload import PolicyReloader
 from extender.server.tls import CertReloader, server_context
 from extender.sources.metrics_server import MetricsServerSource
@@ -214,6 +214,7 @@ async def running(
             extender.readiness_checks.append(cluster.not_ready)
             extender.size_providers.append(cluster.sizes)
             extender.victim_lookup = cluster.estimate
+            metrics.registry.register(ClusterCollector(cluster.status))
         for name, app, host, port, ctx in (
             ("scheduler", extender.scheduler_app(), settings.host, settings.port, ssl_context),
             ("admin", extender.admin_app(), settings.admin_host, settings.admin_port, None),
