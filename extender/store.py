@@ -31,6 +31,7 @@ class SnapshotStore:
         self._nodes: Sequence[NodeInfo] = ()
         self._samples: Mapping[str, Mapping[str, Sample]] = {}
         self._placements: Sequence[PlacedPod] = ()
+        self._nodes_from_cluster = False
         self._source_ok_at: float | None = None
         self.current: State = self._build()
 
@@ -71,8 +72,10 @@ class SnapshotStore:
     def set_static(
         self, nodes: Sequence[NodeInfo], samples: Mapping[str, Mapping[str, Sample]], ok_at: float
     ) -> None:
-        """Nodes and samples from one read of the static source, in one swap."""
-        self._nodes = tuple(nodes)
+        """Nodes and samples from one read of the static source, in one swap. Once the cluster
+        cache publishes, its nodes are the truth and the file only supplies samples."""
+        if not self._nodes_from_cluster:
+            self._nodes = tuple(nodes)
         self._samples = samples
         self._source_ok_at = ok_at
         self._swap()
@@ -84,6 +87,7 @@ class SnapshotStore:
     def set_cluster(self, nodes: Sequence[NodeInfo], placements: Sequence[PlacedPod]) -> None:
         """Nodes (request totals filled) and recently bound pods from the cluster cache, in one
         swap: a pod event changes both, and each swap rebuilds the snapshot."""
+        self._nodes_from_cluster = True
         self._nodes = tuple(nodes)
         self._placements = tuple(placements)
         self._swap()

@@ -70,3 +70,15 @@ async def test_bad_file_keeps_last_good_data(tmp_path, caplog):
     assert await source.refresh()
     assert store.current.snapshot.values[0, 0] == 0.75
     assert source.last_error is None
+
+
+def test_cluster_nodes_win_over_the_static_files_nodes():
+    from extender.core import NodeInfo
+
+    store = SnapshotStore(embedded_default(), clock=lambda: NOW)
+    data = parse_static(GOOD, ("cpu", "memory"))
+    store.set_cluster([NodeInfo("a", 8.0, 32 * 2**30, 1.0, 0.0)], [])
+    store.set_static(data.nodes, data.samples(NOW), NOW)
+    snap = store.current.snapshot
+    assert snap.allocatable[0, snap.index["a"]] == 8.0  # the cluster's, not the file's 4
+    assert snap.values[0, snap.index["a"]] == 0.5  # the file's sample still counts
