@@ -32,7 +32,7 @@ from extender.core.rules import (
     TierMatch,
 )
 from extender.policy.model import SUPPORTED_API_VERSIONS, PolicyDocument, Selector, TierSpec
-from extender.policy.yamlpos import Document, Issue, Path, parse
+from extender.policy.yamlpos import Document, DocumentError, Issue, Path, parse
 
 #: Largest policy file read. Policies are a few KB; this stops a wrong path (a log file, a
 #: binary) from being read into memory whole.
@@ -44,13 +44,8 @@ EMBEDDED_NAME = "<embedded default>"
 BUILTIN_DEFAULT_TIER = "default"
 
 
-class PolicyError(Exception):
+class PolicyError(DocumentError):
     """A policy that cannot be used; ``issues`` lists every problem, already formatted."""
-
-    def __init__(self, filename: str, issues: Sequence[str]) -> None:
-        self.filename = filename
-        self.issues = list(issues)
-        super().__init__("\n".join(self.issues))
 
 
 @dataclass(frozen=True, slots=True)

@@ -122,7 +122,10 @@ ValueRange = Annotated[
 ]
 
 
-class _Model(BaseModel):
+class StrictModel(BaseModel):
+    """Unknown fields, loose types, NaN and infinities are errors; field docstrings become the
+    JSON schema's descriptions. The base of every document model (policy, scenarios)."""
+
     model_config = ConfigDict(
         extra="forbid",
         strict=True,
@@ -132,7 +135,7 @@ class _Model(BaseModel):
     )
 
 
-class PrometheusSource(_Model):
+class PrometheusSource(StrictModel):
     url: str = "http://prometheus.monitoring.svc:9090"
     """Base URL of the Prometheus (or Thanos, Mimir) HTTP API."""
     refreshInterval: PositiveDuration = 15.0
@@ -154,14 +157,14 @@ class PrometheusSource(_Model):
     jittery scrapes overshoots that much. Signals not declared in ``signals`` are ignored."""
 
 
-class StaticSource(_Model):
+class StaticSource(StrictModel):
     file: str = "static-metrics.yaml"
     """Per-node samples for demos and tests; a relative path is relative to the policy file."""
     refreshInterval: PositiveDuration = 15.0
     """How often the file is read again. Its samples count as observed at each read."""
 
 
-class MetricsServerSource(_Model):
+class MetricsServerSource(StrictModel):
     refreshInterval: PositiveDuration = 15.0
     """How often NodeMetrics are read. metrics-server itself scrapes kubelets every 15 s by
     default, so faster buys nothing."""
@@ -169,7 +172,7 @@ class MetricsServerSource(_Model):
     """Per request; refreshes run in the background."""
 
 
-class MetricsSettings(_Model):
+class MetricsSettings(StrictModel):
     source: Literal["static", "prometheus", "metrics-server", "none"] = "static"
     """Where live utilization comes from. ``none`` means request-based scoring only."""
     signals: dict[SignalName, str] = Field(
@@ -189,18 +192,18 @@ class MetricsSettings(_Model):
     metricsServer: MetricsServerSource = Field(default_factory=MetricsServerSource)
 
 
-class SelectorExpression(_Model):
+class SelectorExpression(StrictModel):
     key: str
     operator: Literal["In", "NotIn", "Exists", "DoesNotExist"]
     values: list[str] = Field(default_factory=list)
 
 
-class Selector(_Model):
+class Selector(StrictModel):
     matchLabels: dict[str, str] = Field(default_factory=dict)
     matchExpressions: list[SelectorExpression] = Field(default_factory=list)
 
 
-class TierMatchSpec(_Model):
+class TierMatchSpec(StrictModel):
     """Every criterion given must hold; an empty match matches every pod."""
 
     priorityClassNames: list[str] | None = None
@@ -210,7 +213,7 @@ class TierMatchSpec(_Model):
     podSelector: Selector | None = None
 
 
-class ScoreSpec(_Model):
+class ScoreSpec(StrictModel):
     strategy: Literal["leastLoaded", "mostLoaded", "targetLoad", "balanced"] = "leastLoaded"
     """leastLoaded spreads, mostLoaded packs, targetLoad fills towards ``target`` then spreads,
     balanced evens out the signals of a node (cpu against memory)."""
@@ -220,7 +223,7 @@ class ScoreSpec(_Model):
     """For targetLoad: the utilization that scores 10 (Trimaran's TargetLoadPacking curve)."""
 
 
-class TierSpec(_Model):
+class TierSpec(StrictModel):
     name: Annotated[str, Field(pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$", max_length=63)]
     match: TierMatchSpec = Field(default_factory=TierMatchSpec)
     filter: dict[SignalName, Ratio] = Field(default_factory=dict)
@@ -231,14 +234,14 @@ class TierSpec(_Model):
     with the neutral score."""
 
 
-class EstimationDefaults(_Model):
+class EstimationDefaults(StrictModel):
     cpu: Quantity = 0.1
     """For a container with no cpu request or limit: 100m, kube-scheduler's own assumption."""
     memory: Quantity = 200 * 2**20
     """For a container with no memory request or limit: 200Mi, as kube-scheduler assumes."""
 
 
-class EstimationSpec(_Model):
+class EstimationSpec(StrictModel):
     window: Duration = 150.0
     """Pods bound within this window still count as just placed. Metrics lag a placement by a
     scrape interval plus the rate window before they show its full usage: 15 s + 2 m with the
@@ -249,7 +252,7 @@ class EstimationSpec(_Model):
     defaults: EstimationDefaults = Field(default_factory=EstimationDefaults)
 
 
-class BypassSpec(_Model):
+class BypassSpec(StrictModel):
     daemonSets: bool = True
     """DaemonSet pods go to a fixed node; judging them only delays them."""
     namespaces: list[str] = Field(default_factory=lambda: ["kube-system"])
@@ -257,7 +260,7 @@ class BypassSpec(_Model):
     """For example the extender's own pods, so that it can always be rescheduled."""
 
 
-class PreemptionSpec(_Model):
+class PreemptionSpec(StrictModel):
     maxPerNode: Annotated[int, Field(ge=0, le=1000)] = 0
     """Approve at most this many preemptions on one node within ``window``; 0 turns the cap off.
     Stops eviction churn on a node that keeps attracting preemptors. Every node offered back to
@@ -266,7 +269,7 @@ class PreemptionSpec(_Model):
     """The period over which approvals are counted."""
 
 
-class PolicyDocument(_Model):
+class PolicyDocument(StrictModel):
     """A PriorityPolicy: what each priority tier may do, and where live load comes from."""
 
     apiVersion: str = Field(

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -62,6 +63,16 @@ def format_path(path: Path) -> str:
         else:
             out += f".{part}" if out else str(part)
     return out or "(document)"
+
+
+class DocumentError(Exception):
+    """A YAML document that cannot be used; ``issues`` lists every problem, already formatted
+    as ``file:line:col: path: message``."""
+
+    def __init__(self, filename: str, issues: Sequence[str]) -> None:
+        self.filename = filename
+        self.issues = list(issues)
+        super().__init__("\n".join(self.issues))
 
 
 class Document:

@@ -17,15 +17,14 @@ from __future__ import annotations
 
 import math
 import random
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path as FsPath
 from typing import Annotated, Any, Generic, Literal, TypeVar
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BeforeValidator, Field, ValidationError, model_validator
 
-from extender.policy.model import Duration, PositiveDuration, Quantity
-from extender.policy.yamlpos import Document, Issue, Path, parse
+from extender.policy.model import Duration, PositiveDuration, Quantity, StrictModel
+from extender.policy.yamlpos import Document, DocumentError, Issue, Path, parse
 
 API_VERSION = "priority-extender.io/v1alpha1"
 KIND = "Scenario"
@@ -38,16 +37,6 @@ MAX_NODES = 20_000
 MAX_DURATION_S = 7 * 24 * 3600.0
 
 _NAME = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$"
-
-
-class _Model(BaseModel):
-    model_config = ConfigDict(
-        extra="forbid",
-        strict=True,
-        frozen=True,
-        allow_inf_nan=False,
-        use_attribute_docstrings=True,
-    )
 
 
 V = TypeVar("V", bound=float)
@@ -64,7 +53,7 @@ def _dist_shorthand(value: Any) -> Any:
     return value
 
 
-class Dist(_Model, Generic[V]):
+class Dist(StrictModel, Generic[V]):
     """A distribution of non-negative values; ``min``/``max`` clip any of them."""
 
     dist: Literal["constant", "uniform", "normal", "lognormal", "exponential"]
@@ -155,7 +144,7 @@ def _one_or_many(value: Any) -> Any:
     return [value] if isinstance(value, dict) else value
 
 
-class NodeGroup(_Model):
+class NodeGroup(StrictModel):
     """Nodes of one shape: ``count`` of them named ``<name>-000``, ``<name>-001``, ..."""
 
     name: Annotated[str, Field(pattern=_NAME, max_length=200)]
@@ -190,12 +179,12 @@ class NodeGroup(_Model):
         return [f"{self.name}-{i:03d}" for i in range(self.size)]
 
 
-class Cluster(_Model):
+class Cluster(StrictModel):
     nodes: list[NodeGroup] = Field(min_length=1)
     """Node groups, in the order kube-scheduler lists them (nodes added later come last)."""
 
 
-class Noise(_Model):
+class Noise(StrictModel):
     """Noisy neighbours: an AR(1) wobble around each node's hidden load, redrawn every period."""
 
     cpu: Annotated[float, Field(ge=0, le=1)] = 0.0
@@ -206,7 +195,7 @@ class Noise(_Model):
     """How much of the previous period's deviation carries over (0: independent draws)."""
 
 
-class HotSpot(_Model):
+class HotSpot(StrictModel):
     """Extra hidden load on some nodes for a while (a runaway process, a noisy tenant)."""
 
     count: Annotated[int, Field(ge=1, le=MAX_NODES)] | None = None
@@ -231,12 +220,12 @@ class HotSpot(_Model):
         return self
 
 
-class NodeLoad(_Model):
+class NodeLoad(StrictModel):
     cpu: Fraction = 0.0
     memory: Fraction = 0.0
 
 
-class Background(_Model):
+class Background(StrictModel):
     """Load that requests do not show: system daemons, pods outside the scheduler's view,
     noisy neighbours and hot spots. Shares of each node's allocatable."""
 
@@ -254,21 +243,21 @@ def _const(x: float) -> Any:
     return Dist[Annotated[float, Field(ge=0, le=1)]](dist="constant", value=x)
 
 
-class RequestOption(_Model):
+class RequestOption(StrictModel):
     cpu: Annotated[Quantity, Field(gt=0)]
     memory: Annotated[Quantity, Field(gt=0)]
     weight: Annotated[float, Field(gt=0)] = 1.0
     """Relative frequency among the tier's options."""
 
 
-class Usage(_Model):
+class Usage(StrictModel):
     """Real usage as a multiple of requests (1.0: uses exactly what it asks for)."""
 
     cpu: RatioDist = Field(default_factory=lambda: Dist[NonNegative](dist="constant", value=1.0))
     memory: RatioDist = Field(default_factory=lambda: Dist[NonNegative](dist="constant", value=1.0))
 
 
-class Arrival(_Model):
+class Arrival(StrictModel):
     """Either a steady Poisson rate over a period, or a burst of an exact count."""
 
     perMinute: Annotated[float, Field(gt=0, le=1e5)] | None = None
@@ -296,7 +285,7 @@ class Arrival(_Model):
         return self
 
 
-class TierSpec(_Model):
+class TierSpec(StrictModel):
     """One kind of workload: its priority, shape, real usage, lifetime and arrivals."""
 
     name: Annotated[str, Field(pattern=_NAME, max_length=63)]
@@ -322,7 +311,7 @@ class TierSpec(_Model):
     """A preempted pod is re-created at once by its controller (Deployment, Job)."""
 
 
-class PinnedPods(_Model):
+class PinnedPods(StrictModel):
     """Pods running on a given node at the start (captured clusters)."""
 
     tier: str
@@ -332,7 +321,7 @@ class PinnedPods(_Model):
     count: Annotated[int, Field(ge=1, le=10_000)] = 1
 
 
-class MetricsPipeline(_Model):
+class MetricsPipeline(StrictModel):
     """How live utilization reaches the extender, and how late."""
 
     scrapeInterval: PositiveDuration = 15.0
@@ -345,7 +334,7 @@ class MetricsPipeline(_Model):
     """How often the extender queries; default: the policy's own refresh interval."""
 
 
-class SchedulerSpec(_Model):
+class SchedulerSpec(StrictModel):
     """The kube-scheduler settings that matter for placement."""
 
     percentageOfNodesToScore: Annotated[int, Field(ge=0, le=100)] = 0
@@ -365,7 +354,7 @@ class SchedulerSpec(_Model):
     """DefaultPreemption enabled."""
 
 
-class ScenarioDocument(_Model):
+class ScenarioDocument(StrictModel):
     """A cluster, its hidden load, a workload and a metrics pipeline, replayed for a while."""
 
     apiVersion: str
@@ -380,13 +369,8 @@ class ScenarioDocument(_Model):
     scheduler: SchedulerSpec = Field(default_factory=SchedulerSpec)
 
 
-class ScenarioError(Exception):
+class ScenarioError(DocumentError):
     """A scenario that cannot be used; ``issues`` lists every problem, already formatted."""
-
-    def __init__(self, filename: str, issues: Sequence[str]) -> None:
-        self.filename = filename
-        self.issues = list(issues)
-        super().__init__("\n".join(self.issues))
 
 
 @dataclass(frozen=True, slots=True)
