@@ -32,7 +32,7 @@ from extender.core.rules import (
     TierMatch,
 )
 from extender.policy.model import SUPPORTED_API_VERSIONS, PolicyDocument, Selector, TierSpec
-from extender.policy.yamlpos import Document, DocumentError, Issue, Path, parse
+from extender.policy.yamlpos import Document, DocumentError, Issue, Path, parse, read_text
 
 #: Largest policy file read. Policies are a few KB; this stops a wrong path (a log file, a
 #: binary) from being read into memory whole.
@@ -301,22 +301,8 @@ def load_text(text: str, filename: str, base_dir: FsPath | None = None) -> Loade
 
 def load_file(path: str | FsPath) -> LoadedPolicy:
     """Read and load a policy file; unreadable files are a :class:`PolicyError` too."""
-    p = FsPath(path)
-    name = str(path)
-    try:
-        with p.open("rb") as fh:
-            raw = fh.read(MAX_POLICY_BYTES + 1)
-    except OSError as exc:
-        raise PolicyError(
-            name, [f"{name}:0:0: (file): cannot read: {exc.strerror or exc}"]
-        ) from exc
-    if len(raw) > MAX_POLICY_BYTES:
-        raise PolicyError(name, [f"{name}:0:0: (file): larger than {MAX_POLICY_BYTES} bytes"])
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise PolicyError(name, [f"{name}:0:0: (file): not UTF-8 text ({exc.reason})"]) from exc
-    return load_text(text, name, p.resolve().parent)
+    text = read_text(path, MAX_POLICY_BYTES, PolicyError)
+    return load_text(text, str(path), FsPath(path).resolve().parent)
 
 
 def embedded_default() -> LoadedPolicy:

@@ -13,6 +13,7 @@ import math
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
+from os import PathLike
 from typing import Any
 
 import yaml
@@ -73,6 +74,22 @@ class DocumentError(Exception):
         self.filename = filename
         self.issues = list(issues)
         super().__init__("\n".join(self.issues))
+
+
+def read_text(path: str | PathLike[str], limit: int, error: type[DocumentError]) -> str:
+    """A document file's text; an unreadable, oversized or non-UTF-8 file raises ``error``."""
+    name = str(path)
+    try:
+        with open(path, "rb") as fh:
+            raw = fh.read(limit + 1)
+    except OSError as exc:
+        raise error(name, [f"{name}:0:0: (file): cannot read: {exc.strerror or exc}"]) from exc
+    if len(raw) > limit:
+        raise error(name, [f"{name}:0:0: (file): larger than {limit} bytes"])
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise error(name, [f"{name}:0:0: (file): not UTF-8 text ({exc.reason})"]) from exc
 
 
 class Document:

@@ -24,7 +24,7 @@ from typing import Annotated, Any, Generic, Literal, TypeVar
 from pydantic import BeforeValidator, Field, ValidationError, model_validator
 
 from extender.policy.model import Duration, PositiveDuration, Quantity, StrictModel
-from extender.policy.yamlpos import Document, DocumentError, Issue, Path, parse
+from extender.policy.yamlpos import Document, DocumentError, Issue, Path, parse, read_text
 
 API_VERSION = "priority-extender.io/v1alpha1"
 KIND = "Scenario"
@@ -488,18 +488,4 @@ def load_text(text: str, filename: str) -> Scenario:
 
 def load_scenario(path: str | FsPath) -> Scenario:
     """Read and validate a scenario file; unreadable files are a :class:`ScenarioError` too."""
-    name = str(path)
-    try:
-        with FsPath(path).open("rb") as fh:
-            raw = fh.read(MAX_SCENARIO_BYTES + 1)
-    except OSError as exc:
-        raise ScenarioError(
-            name, [f"{name}:0:0: (file): cannot read: {exc.strerror or exc}"]
-        ) from exc
-    if len(raw) > MAX_SCENARIO_BYTES:
-        raise ScenarioError(name, [f"{name}:0:0: (file): larger than {MAX_SCENARIO_BYTES} bytes"])
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise ScenarioError(name, [f"{name}:0:0: (file): not UTF-8 text ({exc.reason})"]) from exc
-    return load_text(text, name)
+    return load_text(read_text(path, MAX_SCENARIO_BYTES, ScenarioError), str(path))
