@@ -59,10 +59,14 @@ class LoadedPolicy:
     sha256: str
 
 
-def _pydantic_issues(doc: Document, exc: ValidationError) -> list[Issue]:
+def pydantic_issues(doc: Document, exc: ValidationError) -> list[Issue]:
+    """Pydantic's errors as issues at the line and column of the value they are about."""
     issues = []
     for err in exc.errors(include_url=False):
-        path: Path = tuple(p for p in err["loc"] if isinstance(p, str | int))
+        # Generic parametrisations and validators add loc parts that are not YAML keys.
+        path: Path = tuple(
+            p for p in err["loc"] if isinstance(p, int) or (isinstance(p, str) and "[" not in p)
+        )
         kind = err["type"]
         message = err["msg"]
         if message.startswith("Value error, "):
@@ -285,7 +289,7 @@ def load_text(text: str, filename: str, base_dir: FsPath | None = None) -> Loade
             except ValidationError as exc:
                 # A value already reported by the YAML pass is not reported again by type.
                 reported = {i.path for i in doc.issues}
-                issues.extend(i for i in _pydantic_issues(doc, exc) if i.path not in reported)
+                issues.extend(i for i in pydantic_issues(doc, exc) if i.path not in reported)
             issues.extend(_semantic_issues(doc))
     if issues or document is None:
         issues.sort(key=lambda i: (i.mark.line, i.mark.column))

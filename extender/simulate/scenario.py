@@ -23,6 +23,7 @@ from typing import Annotated, Any, Generic, Literal, TypeVar
 
 from pydantic import BeforeValidator, Field, ValidationError, model_validator
 
+from extender.policy.loader import pydantic_issues
 from extender.policy.model import Duration, PositiveDuration, Quantity, StrictModel
 from extender.policy.yamlpos import Document, DocumentError, Issue, Path, parse, read_text
 
@@ -384,25 +385,6 @@ class Scenario:
         return FsPath(self.source).stem
 
 
-def _pydantic_issues(doc: Document, exc: ValidationError) -> list[Issue]:
-    issues = []
-    for err in exc.errors(include_url=False):
-        # Generic parametrisations and validators add loc parts that are not YAML keys.
-        path: Path = tuple(
-            p for p in err["loc"] if isinstance(p, int) or (isinstance(p, str) and "[" not in p)
-        )
-        kind = err["type"]
-        message = err["msg"]
-        if message.startswith("Value error, "):
-            message = message[len("Value error, ") :]
-        if kind == "extra_forbidden":
-            message = f"unknown field {path[-1]!r}"
-        elif kind == "missing":
-            message = f"required field {path[-1]!r} is missing"
-        issues.append(Issue(doc.mark_of(path, key=kind == "extra_forbidden"), path, message))
-    return issues
-
-
 def _semantic_issues(doc: Document, sc: ScenarioDocument) -> list[Issue]:
     issues: list[Issue] = []
 
@@ -477,7 +459,7 @@ def load_text(text: str, filename: str) -> Scenario:
                 document = ScenarioDocument.model_validate(doc.data)
             except ValidationError as exc:
                 reported = {i.path for i in doc.issues}
-                issues.extend(i for i in _pydantic_issues(doc, exc) if i.path not in reported)
+                issues.extend(i for i in pydantic_issues(doc, exc) if i.path not in reported)
             if document is not None:
                 issues.extend(_semantic_issues(doc, document))
     if issues or document is None:

@@ -11,7 +11,7 @@ filter reply carries the kept Nodes back byte for byte, never decoded and re-enc
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import msgspec
 import numpy as np
@@ -171,20 +171,33 @@ def _present(raw: msgspec.Raw) -> bool:
     return len(raw) > 0 and bytes(raw) != b"null"
 
 
-def decode_args(body: bytes) -> FilterArgs:
-    """Decode ExtenderArgs; raise :class:`WireError` naming the problem."""
+T = TypeVar("T")
+
+
+def decode_envelope(body: bytes, decoder: msgspec.json.Decoder[T], what: str) -> T:
+    """The request's top-level struct; raise :class:`WireError` naming the problem."""
     if not body:
-        raise WireError("empty request body: expected ExtenderArgs JSON")
+        raise WireError(f"empty request body: expected {what} JSON")
     try:
-        args = _args_decoder.decode(body)
+        return decoder.decode(body)
     except msgspec.ValidationError as exc:
-        raise WireError(f"invalid ExtenderArgs: {exc}") from None
+        raise WireError(f"invalid {what}: {exc}") from None
     except msgspec.DecodeError as exc:
         raise WireError(f"malformed JSON: {exc}") from None
-    raw_pod = args.Pod if _present(args.Pod) else args.pod
-    if not _present(raw_pod):
-        raise WireError("invalid ExtenderArgs: Pod is missing or null")
-    pod = decode_pod(raw_pod)
+
+
+def pod_field(upper: msgspec.Raw, lower: msgspec.Raw, what: str) -> PodInfo:
+    """The pod of a request, from ``Pod`` or the lower-case ``pod``."""
+    raw = upper if _present(upper) else lower
+    if not _present(raw):
+        raise WireError(f"invalid {what}: Pod is missing or null")
+    return decode_pod(raw)
+
+
+def decode_args(body: bytes) -> FilterArgs:
+    """Decode ExtenderArgs; raise :class:`WireError` naming the problem."""
+    args = decode_envelope(body, _args_decoder, "ExtenderArgs")
+    pod = pod_field(args.Pod, args.pod, "ExtenderArgs")
     node_list = args.Nodes if args.Nodes is not None else args.nodes
     names = args.NodeNames if args.NodeNames is not None else args.nodenames
     if names is not None and node_list is not None:

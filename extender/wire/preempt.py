@@ -19,7 +19,7 @@ from extender.core import (
     Victim,
     estimate_pod,
 )
-from extender.wire.codec import WireError, decode_pod
+from extender.wire.codec import WireError, decode_envelope, decode_pod, pod_field
 
 
 class _MetaPod(msgspec.Struct):
@@ -64,24 +64,10 @@ class PreemptArgs:
     """Victims given by UID that the lookup did not know (their usage is not subtracted)."""
 
 
-def _present(raw: msgspec.Raw) -> bool:
-    return len(raw) > 0 and bytes(raw) != b"null"
-
-
 def decode_preempt(body: bytes, estimation: Estimation, lookup: VictimLookup) -> PreemptArgs:
     """Decode ExtenderPreemptionArgs; raise :class:`WireError` naming the problem."""
-    if not body:
-        raise WireError("empty request body: expected ExtenderPreemptionArgs JSON")
-    try:
-        args = _decoder.decode(body)
-    except msgspec.ValidationError as exc:
-        raise WireError(f"invalid ExtenderPreemptionArgs: {exc}") from None
-    except msgspec.DecodeError as exc:
-        raise WireError(f"malformed JSON: {exc}") from None
-    raw_pod = args.Pod if _present(args.Pod) else args.pod
-    if not _present(raw_pod):
-        raise WireError("invalid ExtenderPreemptionArgs: Pod is missing or null")
-    pod = decode_pod(raw_pod)
+    args = decode_envelope(body, _decoder, "ExtenderPreemptionArgs")
+    pod = pod_field(args.Pod, args.pod, "ExtenderPreemptionArgs")
     full = args.NodeNameToVictims if args.NodeNameToVictims is not None else args.nodenametovictims
     meta = (
         args.NodeNameToMetaVictims
