@@ -9,9 +9,10 @@ from extender.cluster.connect import (
     start_cluster,
 )
 from extender.cluster.decode import NodeRecord, PodRecord
-from extender.cluster.reflector import ApiError, ClusterError, Gone, Reflector, StreamError
+from extender.cluster.reflector import ApiError, Gone, Reflector, StreamError
 from extender.cluster.settings import POD_FIELD_SELECTOR, ClusterSettings
 from extender.cluster.source import ClusterSource, ClusterStatus
+from extender.errors import ClusterError
 
 __all__ = [
     "POD_FIELD_SELECTOR",

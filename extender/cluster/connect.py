@@ -29,6 +29,7 @@ from kubernetes.aio import config as k8s_config
 from extender import __version__
 from extender.cluster.settings import DEFAULT_SETTINGS, ClusterSettings
 from extender.cluster.source import ClusterSource
+from extender.errors import ConfigError
 from extender.store import SnapshotStore
 
 log = logging.getLogger(__name__)
@@ -36,7 +37,7 @@ log = logging.getLogger(__name__)
 KubernetesMode = Literal["auto", "off"]
 
 
-class ClusterConfigError(Exception):
+class ClusterConfigError(ConfigError):
     """An explicitly given kubeconfig that cannot be used; the message says why."""
 
 

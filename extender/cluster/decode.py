@@ -32,9 +32,10 @@ from extender.core import (
     estimate_pod,
     parse_quantity,
 )
+from extender.errors import InputError
 
 
-class DecodeError(ValueError):
+class DecodeError(InputError):
     """An API response or watch event that is not the JSON the API sends; names the problem."""
 
 

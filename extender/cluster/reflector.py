@@ -35,6 +35,7 @@ from extender.cluster.cache import Sink
 from extender.cluster.decode import DecodeError, decode_bookmark, decode_event, decode_list
 from extender.cluster.decode import decode_status as _decode_status
 from extender.cluster.settings import ClusterSettings
+from extender.errors import ClusterError
 
 log = logging.getLogger(__name__)
 
@@ -54,31 +55,23 @@ WatchOutcome = Literal["events", "ended", "stalled"]
 """How a watch finished: it delivered events, or ended (the server closed it), or stalled."""
 
 
-class ClusterError(Exception):
-    """A failure talking to the Kubernetes API. Subclasses:
-
-    ::
-
-        ClusterError
-        ├── ApiError        the API answered with an error status (HTTP or ERROR event)
-        │   └── Gone        410: the resourceVersion or continue token is too old: list again
-        └── StreamError     the response is not what the API sends (malformed JSON, bad event)
-    """
-
-
 class ApiError(ClusterError):
+    """The API answered with an error status (HTTP or an ERROR event)."""
+
     def __init__(self, status: int, message: str) -> None:
         super().__init__(f"HTTP {status}: {message}" if message else f"HTTP {status}")
         self.status = status
 
 
 class Gone(ApiError):
+    """410: the resourceVersion or continue token is too old: list again."""
+
     def __init__(self, message: str) -> None:
         super().__init__(410, message)
 
 
 class StreamError(ClusterError):
-    pass
+    """The response is not what the API sends (malformed JSON, a bad event, a broken stream)."""
 
 
 class _RelistRequested(Exception):

@@ -15,12 +15,13 @@ import numpy as np
 from extender.core.decide import Evaluation
 from extender.core.model import Snapshot
 from extender.core.rules import RESOURCES
+from extender.errors import ConfigError
 
 SNAPSHOT_KIND = "Snapshot"
 SNAPSHOT_VERSION = "priority-extender.io/v1alpha1"
 
 
-class SnapshotFileError(ValueError):
+class SnapshotFileError(ConfigError, ValueError):
     """A snapshot document that cannot be read back; the message says where."""
 
 

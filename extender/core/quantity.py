@@ -11,6 +11,8 @@ import functools
 import math
 import re
 
+from extender.errors import InputError
+
 _BINARY = {"Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "Pi": 2**50, "Ei": 2**60}
 _DECIMAL = {
     "n": 1e-9,
@@ -33,7 +35,7 @@ _QUANTITY = re.compile(
 MAX_QUANTITY_LENGTH = 64
 
 
-class QuantityError(ValueError):
+class QuantityError(InputError):
     """A string that is not a Kubernetes resource quantity."""
 
 

@@ -18,6 +18,8 @@ from typing import Any
 
 import yaml
 
+from extender.errors import ConfigError
+
 Path = tuple[str | int, ...]
 
 #: Upper bound on values built from one document, so a few aliases of aliases ("billion laughs")
@@ -66,7 +68,7 @@ def format_path(path: Path) -> str:
     return out or "(document)"
 
 
-class DocumentError(Exception):
+class DocumentError(ConfigError):
     """A YAML document that cannot be used; ``issues`` lists every problem, already formatted
     as ``file:line:col: path: message``."""
 

@@ -23,6 +23,7 @@ from prometheus_client.aiohttp import make_aiohttp_handler
 
 from extender.core import REASON_STALE, Evaluation, PodInfo, decide_preemption, evaluate
 from extender.core.preempt import DROP_CAPPED, DROP_NO_VICTIMS
+from extender.errors import PriorityExtenderError
 from extender.logs import bind_pod
 from extender.server.admin import AdminViews
 from extender.server.decisions import DecisionLog
@@ -95,7 +96,9 @@ class ServerSettings:
     """An explicit kubeconfig file for ``auto`` (one that does not load stops start-up)."""
 
 
-class BadRequest(Exception):
+class BadRequest(PriorityExtenderError):
+    """A request refused before deciding: its HTTP status, message and outcome label."""
+
     def __init__(self, status: int, message: str, outcome: str = "bad_request") -> None:
         super().__init__(message)
         self.status = status

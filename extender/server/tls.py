@@ -16,6 +16,8 @@ import ssl
 from dataclasses import dataclass
 from pathlib import Path
 
+from extender.errors import ConfigError
+
 log = logging.getLogger(__name__)
 
 #: How often certificate files are checked for rotation. cert-manager renews well before
@@ -23,7 +25,7 @@ log = logging.getLogger(__name__)
 DEFAULT_INTERVAL_S = 60.0
 
 
-class TLSConfigError(ValueError):
+class TLSConfigError(ConfigError, ValueError):
     """Certificate, key or CA files that cannot be used; the message names the file."""
 
 

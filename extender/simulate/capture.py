@@ -38,6 +38,7 @@ from kubernetes.aio import config as k8s_config
 
 from extender import __version__
 from extender.core import QuantityError, parse_quantity
+from extender.errors import SimulationError
 from extender.simulate.scenario import API_VERSION, KIND
 
 #: Objects per list page: the API server's own recommendation for large lists.
@@ -46,7 +47,7 @@ PAGE_SIZE = 500
 MAX_SHAPES = 10
 
 
-class CaptureError(Exception):
+class CaptureError(SimulationError):
     """The cluster or Prometheus could not be read; the message says which and why."""
 
 

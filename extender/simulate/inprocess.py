@@ -16,6 +16,7 @@ import msgspec
 from prometheus_client import CollectorRegistry
 
 from extender.core import NodeInfo, PlacedPod, Sample
+from extender.errors import SimulationError
 from extender.policy import LoadedPolicy
 from extender.server.app import Extender
 from extender.server.metrics import Metrics
@@ -55,7 +56,7 @@ _priorities_reply = msgspec.json.Decoder(list[_HostPriority])
 _preempt_reply = msgspec.json.Decoder(_PreemptReply)
 
 
-class ExtenderError(Exception):
+class ExtenderReplyError(SimulationError):
     """The extender answered with ``Error`` set: kube-scheduler fails the attempt."""
 
 
@@ -128,7 +129,7 @@ class InProcessExtender:
             self.extender._filter_answer(decode_args(filter_body(pod, names)))
         )
         if reply.Error:
-            raise ExtenderError(reply.Error)
+            raise ExtenderReplyError(reply.Error)
         return FilterResult(
             kept=reply.NodeNames or [],
             failed=reply.FailedNodes or {},

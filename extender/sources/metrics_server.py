@@ -26,6 +26,7 @@ import aiohttp
 import msgspec
 
 from extender.core import RESOURCES, QuantityError, Sample, parse_quantity
+from extender.errors import SourceError
 from extender.store import SnapshotStore
 
 log = logging.getLogger(__name__)
@@ -39,7 +40,7 @@ MAX_RATIO = 10.0
 FetchCall = Callable[[], Awaitable[aiohttp.ClientResponse]]
 
 
-class MetricsServerError(Exception):
+class MetricsServerError(SourceError):
     """A refresh that produced nothing usable; the message says why."""
 
 

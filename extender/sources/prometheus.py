@@ -46,6 +46,7 @@ import msgspec
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from extender.core import Sample
+from extender.errors import SourceError
 from extender.policy.model import PrometheusSource as PrometheusSettings
 from extender.store import SnapshotStore
 
@@ -125,7 +126,7 @@ REASONS = (
 )
 
 
-class PrometheusError(Exception):
+class PrometheusError(SourceError):
     """One query failed. ``result`` is its bounded metric label; library errors are chained.
 
     ::

@@ -26,6 +26,7 @@ from typing import Any
 import yaml
 
 from extender.core import NodeInfo, QuantityError, Sample, parse_quantity
+from extender.errors import ConfigError
 from extender.store import SnapshotStore
 
 log = logging.getLogger(__name__)
@@ -34,7 +35,7 @@ log = logging.getLogger(__name__)
 MAX_STATIC_BYTES = 16 << 20
 
 
-class StaticFileError(ValueError):
+class StaticFileError(ConfigError, ValueError):
     """The static metrics file is unreadable or malformed; the message says where."""
 
 

@@ -24,9 +24,10 @@ from extender.core import (
     QuantityError,
     parse_quantity,
 )
+from extender.errors import InputError
 
 
-class WireError(ValueError):
+class WireError(InputError):
     """A request body that does not follow the contract; the message names the problem."""
 
 
