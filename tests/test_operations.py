@@ -118,7 +118,7 @@ async def test_reload_through_configmap_symlink_swap(tmp_path, caplog):
                 "static-metrics.yaml": _metrics_file(),
             }
         )
-        await _until(lambda: metrics.reload_failing._value.get() == 1)
+        await _until(lambda: metrics.registry.get_sample_value("priority_extender_policy_reload_failing") == 1)
         assert store.policy is good
         assert "policy reload failed, keeping the policy in force" in caplog.text
         assert f"{path}:" in caplog.text
@@ -148,7 +148,7 @@ async def test_reload_through_configmap_symlink_swap(tmp_path, caplog):
         assert "cannot read" in caplog.text
         kubelet.publish({"policy.yaml": POLICY_V1})
         await _until(lambda: store.policy.sha256 == policy.sha256)
-        assert metrics.reload_failing._value.get() == 0
+        assert metrics.registry.get_sample_value("priority_extender_policy_reload_failing") == 0
         assert sample("priority_extender_policy_reloads_total", {"result": "success"}) == 2
     finally:
         task.cancel()

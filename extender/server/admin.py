@@ -12,17 +12,18 @@
 from __future__ import annotations
 
 import json
-from typing import TYPE_CHECKING, Any
+import time
+from collections.abc import Callable
+from typing import Any
 
 import msgspec
 import yaml
 from aiohttp import web
 
 from extender.core import Candidates, evaluate, snapshot_to_dict, summarize
+from extender.store import SnapshotStore
+from extender.verbs import DecisionLog
 from extender.wire import WireError, decode_pod
-
-if TYPE_CHECKING:
-    from extender.server.app import Extender
 
 #: Largest Pod manifest accepted by the dry run; real pods are a few KB.
 MAX_MANIFEST_BYTES = 1 << 20
@@ -50,15 +51,24 @@ def _dumps(data: Any) -> str:
 
 
 class AdminViews:
-    def __init__(self, extender: Extender) -> None:
-        self.ext = extender
+    """The explain endpoints over a store and the verbs' decision log."""
+
+    def __init__(
+        self,
+        store: SnapshotStore,
+        decisions: DecisionLog,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.store = store
+        self.log = decisions
+        self.clock = clock
 
     async def decisions(self, request: web.Request) -> web.Response:
         pod = request.query.get("pod", "").strip()
         if not pod:
             return _error(400, "give the pod as ?pod=namespace/name or ?pod=UID")
         top = _top(request)
-        found = self.ext.decisions.find(pod)
+        found = self.log.find(pod)
         if not found:
             return _error(404, f"no recent decision for pod {pod!r} (the log keeps the latest)")
         out = [{"at": d.at, "verb": d.verb, **summarize(d.evaluation, top)} for d in found]
@@ -76,16 +86,16 @@ class AdminViews:
         except (yaml.YAMLError, WireError, TypeError, msgspec.EncodeError) as exc:
             return _error(400, f"not a Pod manifest: {exc}")
         top = _top(request)
-        state = self.ext.store.current
+        state = self.store.current
         nodes = request.query.get("nodes")
         names = [n for n in nodes.split(",") if n] if nodes else list(state.snapshot.names)
-        now = self.ext.clock()
+        now = self.clock()
         evaluation = evaluate(pod, Candidates(names), state.snapshot, state.policy.rules, now)
         return web.json_response({"at": now, **summarize(evaluation, top)}, dumps=_dumps)
 
     async def snapshot(self, request: web.Request) -> web.Response:
-        snap = self.ext.store.current.snapshot
-        return web.json_response(snapshot_to_dict(snap, self.ext.clock()), dumps=_dumps)
+        snap = self.store.current.snapshot
+        return web.json_response(snapshot_to_dict(snap, self.clock()), dumps=_dumps)
 
     def add_routes(self, app: web.Application) -> None:
         app.router.add_get("/decisions", self.decisions)

@@ -1,7 +1,10 @@
-"""The aiohttp service: the scheduler port (filter, prioritize) and the admin port.
+"""The aiohttp service: the scheduler port (filter, prioritize, preempt) and the admin port.
 
-The request path reads the current state once, runs the pure decision and encodes; it performs no
-network call and never awaits anything but the request body. Errors are contained per request:
+This layer owns HTTP only: admission (the in-flight limit, shed with a fast 503), the body size
+limit and Content-Type, abandoned callers, status codes, the request metrics and the routes.
+What a verb means (decode, decide, encode, fail open, the decision log) is
+:class:`extender.verbs.Verbs`; a handler reads the body and hands it over. The request path
+performs no network call and never awaits anything but the request body:
 
 * a malformed, oversized or wrongly typed request gets a 4xx whose JSON body names the problem
   (filter-shaped, with the message in ``Error``);
@@ -13,49 +16,25 @@ from __future__ import annotations
 
 import logging
 import time
-from collections import Counter, deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Literal, Protocol, TypeVar
+from typing import Literal
 
 from aiohttp import web
 from prometheus_client.aiohttp import make_aiohttp_handler
 
-from extender.core import REASON_STALE, Evaluation, PodInfo, decide_preemption, evaluate
-from extender.core.preempt import DROP_CAPPED, DROP_NO_VICTIMS
 from extender.errors import PriorityExtenderError
-from extender.logs import bind_pod
 from extender.server.admin import AdminViews
-from extender.server.decisions import DecisionLog
 from extender.server.metrics import Metrics
 from extender.server.tls import TLSFiles
 from extender.store import SnapshotStore
-from extender.wire import (
-    FilterArgs,
-    PreemptArgs,
-    VictimLookup,
-    WireError,
-    decode_args,
-    decode_preempt,
-    encode_error,
-    encode_filter,
-    encode_filter_pass_all,
-    encode_preempt,
-    encode_priorities,
-)
+from extender.verbs import Reply, Verbs
+from extender.wire import VictimLookup, encode_error
 
 log = logging.getLogger(__name__)
 
 JSON = "application/json"
 
-
-class _HasPod(Protocol):
-    @property
-    def pod(self) -> PodInfo: ...
-
-
-A = TypeVar("A", bound=_HasPod)
-"""A decoded request: FilterArgs or PreemptArgs."""
 
 #: Default request size limit: a full Node list of about 8,000 nodes (15 KB each). aiohttp's own
 #: default of 1 MiB would turn a 100-node full-node request into a 413 that fails the pod.
@@ -107,7 +86,7 @@ class BadRequest(PriorityExtenderError):
 
 
 class Extender:
-    """The request handlers, bound to a store, metrics and a clock (injectable for tests)."""
+    """The HTTP handlers, bound to a store, metrics and a clock (injectable for tests)."""
 
     def __init__(
         self,
@@ -121,8 +100,8 @@ class Extender:
         self.metrics = metrics
         self.settings = settings
         self.clock = clock
-        self.victim_lookup = victim_lookup
-        self.decisions = DecisionLog()
+        self.verbs = Verbs(store, metrics, clock, victim_lookup)
+        self.decisions = self.verbs.decisions
         self.ready = False
         self.readiness_checks: list[Callable[[], str | None]] = []
         """Each returns why the extender is not ready yet, or None (e.g. the first node list)."""
@@ -130,10 +109,17 @@ class Extender:
         """Cache sizes for ``priority_extender_cache_entries``; sources add theirs."""
         metrics.observe_state(store, self._all_sizes, clock)
         self._inflight = 0
-        self._approvals: deque[tuple[float, str]] = deque()
-        """(time, node) of every preemption candidate handed back, for the per-node cap."""
 
-    async def _read(self, request: web.Request, verb: str, decode: Callable[[bytes], A]) -> A:
+    @property
+    def victim_lookup(self) -> VictimLookup:
+        """Estimated usage of a pod by UID, for preemption victims (the cluster cache's)."""
+        return self.verbs.victim_lookup
+
+    @victim_lookup.setter
+    def victim_lookup(self, lookup: VictimLookup) -> None:
+        self.verbs.victim_lookup = lookup
+
+    async def _read(self, request: web.Request, verb: str) -> bytes:
         ctype = request.headers.get("Content-Type", JSON).split(";")[0].strip().lower()
         if ctype not in (JSON, "", "text/json"):
             raise BadRequest(415, f"unsupported Content-Type {ctype!r}: send {JSON}")
@@ -150,26 +136,9 @@ class Extender:
                 499, "caller disconnected while sending the body", "abandoned"
             ) from None
         self.metrics.request_bytes.labels(verb).observe(len(body))
-        try:
-            return decode(body)
-        except WireError as exc:
-            raise BadRequest(400, str(exc)) from None
+        return body
 
-    def _decide(self, verb: str, args: FilterArgs) -> Evaluation:
-        state = self.store.current
-        now = self.clock()
-        evaluation = evaluate(args.pod, args.candidates, state.snapshot, state.policy.rules, now)
-        self.decisions.add(verb, evaluation, now)
-        return evaluation
-
-    async def _handle(
-        self,
-        request: web.Request,
-        verb: str,
-        decode: Callable[[bytes], A],
-        answer: Callable[[A], bytes],
-        fail_open: Callable[[A], bytes],
-    ) -> web.Response:
+    async def _handle(self, request: web.Request, verb: str) -> web.Response:
         if self._inflight >= self.settings.max_inflight:
             # Shed load before reading the body: memory stays bounded by max_inflight bodies.
             self.metrics.requests.labels(verb, "overloaded").inc()
@@ -184,22 +153,14 @@ class Extender:
             )
         self._inflight += 1
         try:
-            return await self._handle_admitted(request, verb, decode, answer, fail_open)
+            return await self._handle_admitted(request, verb)
         finally:
             self._inflight -= 1
 
-    async def _handle_admitted(
-        self,
-        request: web.Request,
-        verb: str,
-        decode: Callable[[bytes], A],
-        answer: Callable[[A], bytes],
-        fail_open: Callable[[A], bytes],
-    ) -> web.Response:
+    async def _handle_admitted(self, request: web.Request, verb: str) -> web.Response:
         start = time.perf_counter()
-        outcome = "ok"
         try:
-            args = await self._read(request, verb, decode)
+            body = await self._read(request, verb)
         except BadRequest as exc:
             self.metrics.requests.labels(verb, exc.outcome).inc()
             if exc.outcome == "abandoned":
@@ -216,102 +177,21 @@ class Extender:
             self.metrics.requests.labels(verb, "abandoned").inc()
             log.info("%s: caller disconnected before the decision; dropped", verb)
             return web.Response(status=499, body=b"")
-        try:
-            with bind_pod(args.pod.namespace, args.pod.name, args.pod.uid):
-                body = answer(args)
-        except Exception:
-            outcome = "fail_open"
-            log.exception(
-                "%s: internal error deciding for pod %s/%s; failing open",
-                verb,
-                args.pod.namespace,
-                args.pod.name,
-            )
-            body = fail_open(args)
-        self.metrics.requests.labels(verb, outcome).inc()
-        self.metrics.latency.labels(verb).observe(time.perf_counter() - start)
-        return web.Response(body=body, content_type=JSON)
-
-    def _filter_answer(self, args: FilterArgs) -> bytes:
-        evaluation = self._decide("filter", args)
-        self.metrics.observe_filter(evaluation)
-        return encode_filter(args, evaluation)
-
-    def _prioritize_answer(self, args: FilterArgs) -> bytes:
-        evaluation = self._decide("prioritize", args)
-        self.metrics.observe_scores(evaluation)
-        return encode_priorities(list(args.candidates.names), evaluation.scores.tolist())
-
-    def _prioritize_neutral(self, args: FilterArgs) -> bytes:
-        neutral = self.store.current.policy.rules.neutral_score
-        names = list(args.candidates.names)
-        return encode_priorities(names, [neutral] * len(names))
-
-    def _decode_preempt(self, body: bytes) -> PreemptArgs:
-        estimation = self.store.current.policy.rules.estimation
-        return decode_preempt(body, estimation, self.victim_lookup)
-
-    def _recent_approvals(self, now: float, window: float) -> Counter[str]:
-        while self._approvals and self._approvals[0][0] < now - window:
-            self._approvals.popleft()
-        return Counter(node for _, node in self._approvals)
-
-    def _preempt_answer(self, args: PreemptArgs) -> bytes:
-        state = self.store.current
-        rules = state.policy.rules
-        now = self.clock()
-        approvals = (
-            self._recent_approvals(now, rules.preemption_window_s)
-            if rules.preemption_max_per_node > 0
-            else None
-        )
-        decision = decide_preemption(
-            args.pod,
-            args.candidates,
-            state.snapshot,
-            rules,
-            now,
-            approvals,
-            rules.preemption_max_per_node,
-        )
-        self.decisions.add("preempt", decision.evaluation, now)
-        if rules.preemption_max_per_node > 0:
-            self._approvals.extend((now, c.node) for c in decision.kept)
-        m = self.metrics.preempt_candidates
-        m.labels("kept").inc(len(decision.kept))
-        for reason in decision.dropped.values():
-            m.labels(_drop_kind(reason)).inc()
-        if args.unknown_victims:
-            self.metrics.preempt_unknown_victims.inc(args.unknown_victims)
-        if decision.dropped:
-            log.info(
-                "preempt: pod %s/%s: dropped %d of %d candidates: %s",
-                args.pod.namespace,
-                args.pod.name,
-                len(decision.dropped),
-                len(args.candidates),
-                dict(decision.dropped),
-            )
-        return encode_preempt(decision.kept)
-
-    def _preempt_unchanged(self, args: PreemptArgs) -> bytes:
-        return encode_preempt(args.candidates)
+        reply: Reply = self.verbs.call(verb, body)
+        self.metrics.requests.labels(verb, reply.outcome).inc()
+        if reply.status == 200:
+            self.metrics.latency.labels(verb).observe(time.perf_counter() - start)
+        return web.Response(status=reply.status, body=reply.body, content_type=JSON)
 
     async def filter(self, request: web.Request) -> web.Response:
-        return await self._handle(
-            request, "filter", decode_args, self._filter_answer, encode_filter_pass_all
-        )
+        return await self._handle(request, "filter")
 
     async def prioritize(self, request: web.Request) -> web.Response:
-        return await self._handle(
-            request, "prioritize", decode_args, self._prioritize_answer, self._prioritize_neutral
-        )
+        return await self._handle(request, "prioritize")
 
     async def preempt(self, request: web.Request) -> web.Response:
         """Drop candidates where the preemptor would still be rejected after the evictions."""
-        return await self._handle(
-            request, "preempt", self._decode_preempt, self._preempt_answer, self._preempt_unchanged
-        )
+        return await self._handle(request, "preempt")
 
     # --- admin -----------------------------------------------------------------------------------
 
@@ -365,19 +245,8 @@ class Extender:
         app.router.add_get("/livez", self.livez)
         app.router.add_get("/readyz", self.readyz)
         app.router.add_get("/metrics", make_aiohttp_handler(self.metrics.registry))
-        AdminViews(self).add_routes(app)
+        AdminViews(self.store, self.decisions, self.clock).add_routes(app)
         return app
-
-
-def _drop_kind(reason: str) -> str:
-    """A bounded metric label for a drop reason (which embeds tier and signal names)."""
-    if reason == DROP_NO_VICTIMS:
-        return "dropped_no_victims"
-    if reason == DROP_CAPPED:
-        return "dropped_capped"
-    if reason == REASON_STALE:
-        return "dropped_stale"
-    return "dropped_live_load"
 
 
 def _too_large(size: int | None, limit: int) -> str:

@@ -26,7 +26,8 @@ from prometheus_client.registry import Collector
 
 from extender import __version__
 from extender.cluster.source import ClusterStatus
-from extender.core import MAX_SCORE, Evaluation
+from extender.core import MAX_SCORE, REASON_STALE, Evaluation, PreemptionDecision
+from extender.core.preempt import DROP_CAPPED, DROP_NO_VICTIMS
 from extender.store import SnapshotStore
 
 #: Millisecond-scale answers are the norm; the top bucket is kube-scheduler's default
@@ -255,6 +256,25 @@ class Metrics:
     def observe_scores(self, evaluation: Evaluation) -> None:
         tier = "(bypass)" if evaluation.tier is None else evaluation.tier.name
         self.scores.add(tier, evaluation.scores)
+
+    def observe_preemption(self, decision: PreemptionDecision, unknown_victims: int) -> None:
+        m = self.preempt_candidates
+        m.labels("kept").inc(len(decision.kept))
+        for reason in decision.dropped.values():
+            m.labels(_drop_kind(reason)).inc()
+        if unknown_victims:
+            self.preempt_unknown_victims.inc(unknown_victims)
+
+
+def _drop_kind(reason: str) -> str:
+    """A bounded metric label for a drop reason (which embeds tier and signal names)."""
+    if reason == DROP_NO_VICTIMS:
+        return "dropped_no_victims"
+    if reason == DROP_CAPPED:
+        return "dropped_capped"
+    if reason == REASON_STALE:
+        return "dropped_stale"
+    return "dropped_live_load"
 
 
 class ClusterCollector(Collector):

@@ -13,15 +13,12 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import msgspec
-from prometheus_client import CollectorRegistry
 
 from extender.core import NodeInfo, PlacedPod, Sample
 from extender.errors import SimulationError
 from extender.policy import LoadedPolicy
-from extender.server.app import Extender
-from extender.server.metrics import Metrics
 from extender.store import SnapshotStore
-from extender.wire import decode_args
+from extender.verbs import Reply, Verbs
 
 _encode = msgspec.json.Encoder().encode
 
@@ -90,7 +87,7 @@ def preempt_body(pod: bytes, victims: Mapping[str, Sequence[str]]) -> bytes:
 
 
 class InProcessExtender:
-    """One extender instance with its own store, metrics registry and decision log."""
+    """One extender instance with its own store and decision log."""
 
     def __init__(
         self,
@@ -99,11 +96,7 @@ class InProcessExtender:
         victim_lookup: Callable[[str], tuple[float, float] | None],
     ) -> None:
         self.store = SnapshotStore(policy, clock=clock)
-        self.registry = CollectorRegistry()
-        self.extender = Extender(
-            self.store, Metrics(self.registry), clock=clock, victim_lookup=victim_lookup
-        )
-        self.extender.ready = True
+        self.verbs = Verbs(self.store, clock=clock, victim_lookup=victim_lookup)
         self.calls: dict[str, int] = {"filter": 0, "prioritize": 0, "preempt": 0}
 
     # --- what the sources and the cluster cache would hand the store ---------------------------
@@ -125,9 +118,7 @@ class InProcessExtender:
 
     def filter(self, pod: bytes, names: Sequence[str]) -> FilterResult:
         self.calls["filter"] += 1
-        reply = _filter_reply.decode(
-            self.extender._filter_answer(decode_args(filter_body(pod, names)))
-        )
+        reply = _filter_reply.decode(_ok(self.verbs.filter(filter_body(pod, names))))
         if reply.Error:
             raise ExtenderReplyError(reply.Error)
         return FilterResult(
@@ -138,17 +129,20 @@ class InProcessExtender:
 
     def prioritize(self, pod: bytes, names: Sequence[str]) -> dict[str, int]:
         self.calls["prioritize"] += 1
-        reply = _priorities_reply.decode(
-            self.extender._prioritize_answer(decode_args(filter_body(pod, names)))
-        )
+        reply = _priorities_reply.decode(_ok(self.verbs.prioritize(filter_body(pod, names))))
         return {hp.Host: hp.Score for hp in reply}
 
     def preempt(self, pod: bytes, victims: Mapping[str, Sequence[str]]) -> dict[str, list[str]]:
         """Candidate node to victim UIDs, as offered; the reply keeps some of them."""
         self.calls["preempt"] += 1
         body = preempt_body(pod, victims)
-        reply = _preempt_reply.decode(
-            self.extender._preempt_answer(self.extender._decode_preempt(body))
-        )
+        reply = _preempt_reply.decode(_ok(self.verbs.preempt(body)))
         out = reply.NodeNameToMetaVictims or {}
         return {node: [p.UID for p in mv.Pods] for node, mv in out.items()}
+
+
+def _ok(reply: Reply) -> bytes:
+    """The body of a decided call; a request the verbs could not read is a simulator bug."""
+    if reply.status != 200:
+        raise ExtenderReplyError(f"HTTP {reply.status}: {reply.body.decode(errors='replace')}")
+    return reply.body

@@ -1,4 +1,4 @@
-"""Property-based fuzzing of both verbs through the wire codec and the server's answer path.
+"""Property-based fuzzing of both verbs through the verbs module the HTTP server calls.
 
 Generated pods (odd quantities included), candidate lists (known, unknown, duplicate names),
 snapshots and policies; every request either is rejected with a WireError naming the problem, or
@@ -13,14 +13,11 @@ from typing import Any
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from prometheus_client import CollectorRegistry
 
 from extender.core import NodeInfo, Sample
 from extender.policy import load_text
-from extender.server.app import Extender
-from extender.server.metrics import Metrics
 from extender.store import SnapshotStore
-from extender.wire import WireError, decode_args
+from extender.verbs import Verbs
 from tests.builders import NOW
 
 NODES = [f"n{i}" for i in range(8)]
@@ -80,7 +77,7 @@ tiers:
 
 
 @st.composite
-def worlds(draw: Any) -> Extender:
+def worlds(draw: Any) -> Verbs:
     text = POLICY.format(
         cpu=draw(st.sampled_from([0.3, 0.6, 0.9])),
         mem=draw(st.sampled_from([0.5, 0.9])),
@@ -96,7 +93,7 @@ def worlds(draw: Any) -> Extender:
         if draw(st.booleans())
     }
     store.set_static(nodes, samples, NOW - draw(st.sampled_from([1, 600])))
-    return Extender(store, Metrics(CollectorRegistry()), clock=lambda: NOW)
+    return Verbs(store, clock=lambda: NOW)
 
 
 @settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -107,20 +104,20 @@ def test_both_verbs_keep_the_contract(ext, pod, candidates, lower):
         if lower
         else {"Pod": pod, "Nodes": None, "NodeNames": candidates}
     ).encode()
-    try:
-        args = decode_args(body)
-    except WireError as exc:
-        message = str(exc)
-        args = None
-    if args is None:
-        assert message  # a message naming the problem
+    answer = ext.filter(body)
+    if answer.status != 200:
+        assert answer.status == 400
+        assert answer.outcome == "bad_request"
+        assert json.loads(answer.body)["Error"]  # a message naming the problem
+        assert ext.prioritize(body).status == 400
         return
-    reply = json.loads(ext._filter_answer(args))
+    assert answer.outcome == "ok"
+    reply = json.loads(answer.body)
     kept, failed = reply["NodeNames"], reply["FailedAndUnresolvableNodes"]
     assert reply["Error"] == ""
     assert set(kept) <= set(candidates)
     assert not set(kept) & set(failed)
     assert set(kept) | set(failed) == set(candidates)
-    prio = json.loads(ext._prioritize_answer(args))
+    prio = json.loads(ext.prioritize(body).body)
     assert [e["Host"] for e in prio] == candidates
     assert all(type(e["Score"]) is int and 0 <= e["Score"] <= 10 for e in prio)
