@@ -19,6 +19,7 @@ Nothing here does I/O or reads a clock.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from datetime import datetime
 
@@ -31,6 +32,7 @@ from extender.core import (
     QuantityError,
     estimate_pod,
     parse_quantity,
+    pod_requests,
 )
 from extender.errors import InputError
 
@@ -293,24 +295,7 @@ def _resources(raw: bytes) -> ContainerResources:
 
 
 _NO_RESOURCES = ContainerResources()
-_InitStep = tuple[float, float]
-"""(cpu, memory) an ordinary init container needs while it runs, with the sidecars before it."""
-
-
-def _requests(
-    app: list[ContainerResources], sidecars: list[ContainerResources], init: list[_InitStep]
-) -> tuple[float, float]:
-    """The pod's effective requests as the scheduler computes them (``PodRequests``).
-
-    App containers and sidecars add up; an ordinary init container runs alone beside the sidecars
-    started before it, so the pod needs the larger of the two.
-    """
-    cpu = sum(c.cpu_request or 0.0 for c in app) + sum(c.cpu_request or 0.0 for c in sidecars)
-    mem = sum(c.memory_request or 0.0 for c in app) + sum(c.memory_request or 0.0 for c in sidecars)
-    for step_cpu, step_mem in init:
-        cpu = max(cpu, step_cpu)
-        mem = max(mem, step_mem)
-    return cpu, mem
+_SIDECAR_NO_RESOURCES = ContainerResources(restartable=True)
 
 
 def _millis(cores: float) -> int:
@@ -357,38 +342,24 @@ _Sizing = tuple[float, float, int, int]
 
 def _size(shape: _Shape, est: Estimation) -> _Sizing:
     """What a pod of this shape is estimated to use and requests; raises QuantityError."""
-    app = [_resources(raw) for raw in shape[0]]
-    sidecars: list[ContainerResources] = []
-    init_steps: list[_InitStep] = []
-    init_only: list[ContainerResources] = []
+    init = []
     for raw, restart_policy in shape[1]:
         r = _resources(raw)
         if restart_policy == "Always":
-            sidecars.append(r)
-        else:
-            init_only.append(r)
-            init_steps.append(
-                (
-                    (r.cpu_request or 0.0) + sum(s.cpu_request or 0.0 for s in sidecars),
-                    (r.memory_request or 0.0) + sum(s.memory_request or 0.0 for s in sidecars),
-                )
-            )
+            r = dataclasses.replace(r, restartable=True) if raw else _SIDECAR_NO_RESOURCES
+        init.append(r)
     overhead = _cpu_mem_decoder.decode(shape[2]) if shape[2] else None
-    over_cpu = (overhead and _qty(overhead.cpu)) or 0.0
-    over_mem = (overhead and _qty(overhead.memory)) or 0.0
-    req_cpu, req_mem = _requests(app, sidecars, init_steps)
-    est_cpu, est_mem = estimate_pod(
-        PodInfo(
-            namespace="",
-            name="",
-            containers=(*app, *sidecars),
-            init_containers=tuple(init_only),
-            overhead_cpu=over_cpu,
-            overhead_memory=over_mem,
-        ),
-        est,
+    pod = PodInfo(
+        namespace="",
+        name="",
+        containers=tuple(_resources(raw) for raw in shape[0]),
+        init_containers=tuple(init),
+        overhead_cpu=(overhead and _qty(overhead.cpu)) or 0.0,
+        overhead_memory=(overhead and _qty(overhead.memory)) or 0.0,
     )
-    return est_cpu, est_mem, _millis(req_cpu + over_cpu), _bytes(req_mem + over_mem)
+    est_cpu, est_mem = estimate_pod(pod, est)
+    req_cpu, req_mem = pod_requests(pod)
+    return est_cpu, est_mem, _millis(req_cpu), _bytes(req_mem)
 
 
 #: Distinct pod shapes remembered; cleared when full. A cluster runs a few thousand workloads.

@@ -29,6 +29,8 @@ from extender.core.model import (
     build_snapshot,
     empty_snapshot,
     estimate_pod,
+    pod_footprint,
+    pod_requests,
 )
 from extender.core.preempt import (
     PreemptCandidate,
@@ -88,6 +90,8 @@ __all__ = [
     "evaluate",
     "live_reason",
     "parse_quantity",
+    "pod_footprint",
+    "pod_requests",
     "snapshot_from_dict",
     "snapshot_to_dict",
     "summarize",

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -31,6 +31,9 @@ class ContainerResources:
     cpu_limit: float | None = None
     memory_request: float | None = None
     memory_limit: float | None = None
+    restartable: bool = False
+    """An init container with ``restartPolicy: Always``: a native sidecar, which keeps running
+    beside the app containers (meaningless on an app container)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,27 +95,63 @@ def _container_estimate(
     return default
 
 
+Sizer = Callable[[ContainerResources], tuple[float, float]]
+"""(cpu cores, memory bytes) of one container by some rule (requests, or an estimate)."""
+
+
+def pod_footprint(pod: PodInfo, size: Sizer) -> tuple[float, float]:
+    """A pod's (cpu, memory) as kube-scheduler adds it up (``resourcehelper.PodRequests``), with
+    each container sized by ``size``. The one place this rule lives.
+
+    App containers and sidecars (restartable init containers) run together and add up. An
+    ordinary init container runs alone, beside the sidecars started before it in the list: the
+    pod needs the larger of the two. Pod overhead is added on top.
+    """
+    cpu = mem = 0.0
+    for c in pod.containers:
+        c_cpu, c_mem = size(c)
+        cpu += c_cpu
+        mem += c_mem
+    side_cpu = side_mem = 0.0  # sidecars started so far
+    init_cpu = init_mem = 0.0  # the most any init step needs
+    for c in pod.init_containers:
+        c_cpu, c_mem = size(c)
+        if c.restartable:
+            cpu += c_cpu
+            mem += c_mem
+            side_cpu += c_cpu
+            side_mem += c_mem
+            step_cpu, step_mem = side_cpu, side_mem
+        else:
+            step_cpu, step_mem = c_cpu + side_cpu, c_mem + side_mem
+        init_cpu = max(init_cpu, step_cpu)
+        init_mem = max(init_mem, step_mem)
+    return max(cpu, init_cpu) + pod.overhead_cpu, max(mem, init_mem) + pod.overhead_memory
+
+
+def _requested(c: ContainerResources) -> tuple[float, float]:
+    return c.cpu_request or 0.0, c.memory_request or 0.0
+
+
+def pod_requests(pod: PodInfo) -> tuple[float, float]:
+    """The (cpu cores, memory bytes) the scheduler counts for the pod: its effective requests."""
+    return pod_footprint(pod, _requested)
+
+
 def estimate_pod(pod: PodInfo, est: Estimation) -> tuple[float, float]:
     """Estimated (cpu cores, memory bytes) a pod will use, as the scheduler sizes it.
 
     Per container: the preferred field (requests × factor, or limits), else the other one, else
-    the default. The pod's figure is the larger of the containers' sum and the largest init
-    container (they run before the others, one at a time), plus the pod overhead.
+    the default; the containers combine by :func:`pod_footprint`'s rule, plus the overhead.
     """
-    cpu = sum(
-        _container_estimate(c.cpu_request, c.cpu_limit, est.default_cpu, est)
-        for c in pod.containers
-    )
-    mem = sum(
-        _container_estimate(c.memory_request, c.memory_limit, est.default_memory, est)
-        for c in pod.containers
-    )
-    for c in pod.init_containers:
-        cpu = max(cpu, _container_estimate(c.cpu_request, c.cpu_limit, est.default_cpu, est))
-        mem = max(
-            mem, _container_estimate(c.memory_request, c.memory_limit, est.default_memory, est)
+
+    def size(c: ContainerResources) -> tuple[float, float]:
+        return (
+            _container_estimate(c.cpu_request, c.cpu_limit, est.default_cpu, est),
+            _container_estimate(c.memory_request, c.memory_limit, est.default_memory, est),
         )
-    return cpu + pod.overhead_cpu, mem + pod.overhead_memory
+
+    return pod_footprint(pod, size)
 
 
 def _nan(value: float | None) -> float:

@@ -5,8 +5,9 @@ What is captured, and how it maps onto a scenario:
 * **nodes** (``GET /api/v1/nodes``): allocatable cpu, memory and pods; nodes of the same shape
   form one group that lists their names, in the API's order.
 * **running pods** (``GET /api/v1/pods``, bound and not finished): pinned to their nodes
-  (``pods:``) with the requests the scheduler counts (containers summed, the largest init
-  container if larger, plus overhead); usage is assumed to equal requests.
+  (``pods:``) with the requests the scheduler counts (:func:`extender.core.pod_requests`: app
+  containers and sidecars summed, an init step if larger, plus overhead); usage is assumed to
+  equal requests.
 * **tiers**: one per priority class (or bare priority), with the request shapes seen in it
   (the ten most common, weighted by count), and an arrival rate from the pods of that class
   created within ``window`` before the capture (finished pods included).
@@ -37,7 +38,8 @@ from kubernetes.aio import client as k8s
 from kubernetes.aio import config as k8s_config
 
 from extender import __version__
-from extender.core import QuantityError, parse_quantity
+from extender.core import ContainerResources, PodInfo, QuantityError, parse_quantity
+from extender.core import pod_requests as core_pod_requests
 from extender.errors import SimulationError
 from extender.simulate.scenario import API_VERSION, KIND
 
@@ -80,6 +82,8 @@ class _Resources(msgspec.Struct):
 
 class _Container(msgspec.Struct):
     resources: _Resources | None = None
+    restartPolicy: str | None = None
+    """``Always`` on an init container makes it a native sidecar."""
 
 
 class _PodSpec(msgspec.Struct):
@@ -144,23 +148,28 @@ def _qty(value: str | int | float | None) -> float:
         return 0.0
 
 
+def _resources(c: _Container) -> ContainerResources:
+    req = (c.resources.requests or {}) if c.resources else {}
+    return ContainerResources(
+        cpu_request=_qty(req.get("cpu")),
+        memory_request=_qty(req.get("memory")),
+        restartable=c.restartPolicy == "Always",
+    )
+
+
 def pod_requests(spec: Any) -> tuple[int, int]:
-    """(millicores, bytes) the scheduler counts for a pod spec."""
-    cpu = sum(
-        _qty((c.resources.requests or {}).get("cpu")) for c in spec.containers or () if c.resources
-    )
-    mem = sum(
-        _qty((c.resources.requests or {}).get("memory"))
-        for c in spec.containers or ()
-        if c.resources
-    )
-    for c in spec.initContainers or ():
-        req = (c.resources.requests or {}) if c.resources else {}
-        cpu = max(cpu, _qty(req.get("cpu")))
-        mem = max(mem, _qty(req.get("memory")))
+    """(millicores, bytes) the scheduler counts for a pod spec (core's one sizing rule)."""
     overhead = spec.overhead or {}
-    cpu += _qty(overhead.get("cpu"))
-    mem += _qty(overhead.get("memory"))
+    cpu, mem = core_pod_requests(
+        PodInfo(
+            namespace="",
+            name="",
+            containers=tuple(_resources(c) for c in spec.containers or ()),
+            init_containers=tuple(_resources(c) for c in spec.initContainers or ()),
+            overhead_cpu=_qty(overhead.get("cpu")),
+            overhead_memory=_qty(overhead.get("memory")),
+        )
+    )
     return round(cpu * 1000), round(mem)
 
 

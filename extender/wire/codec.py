@@ -42,6 +42,8 @@ class _Resources(msgspec.Struct):
 class _Container(msgspec.Struct):
     name: str = ""
     resources: _Resources | None = None
+    restartPolicy: str | None = None
+    """``Always`` on an init container makes it a native sidecar."""
 
 
 class _OwnerRef(msgspec.Struct):
@@ -125,8 +127,9 @@ def _qty(value: str | int | float | None, where: str) -> float | None:
 
 def _container(c: _Container, where: str) -> ContainerResources:
     res = c.resources
+    restartable = c.restartPolicy == "Always"
     if res is None:
-        return ContainerResources()
+        return ContainerResources(restartable=restartable)
     req = res.requests or {}
     lim = res.limits or {}
     return ContainerResources(
@@ -134,6 +137,7 @@ def _container(c: _Container, where: str) -> ContainerResources:
         cpu_limit=_qty(lim.get("cpu"), f"{where}.resources.limits.cpu"),
         memory_request=_qty(req.get("memory"), f"{where}.resources.requests.memory"),
         memory_limit=_qty(lim.get("memory"), f"{where}.resources.limits.memory"),
+        restartable=restartable,
     )
 
 
