@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import logging
 import os
 import sys
 import urllib.error
@@ -25,6 +26,7 @@ from extender import __version__, logs, report
 from extender.cluster import ClusterConfigError
 from extender.core import Candidates, evaluate, snapshot_from_dict, summarize
 from extender.policy import LoadedPolicy, PolicyDocument, PolicyError, embedded_default, load_file
+from extender.policy.loader import load_last_good
 from extender.server.app import DEFAULT_MAX_REQUEST_BYTES, ServerSettings
 from extender.server.run import serve
 from extender.server.tls import TLSConfigError, TLSFiles
@@ -66,7 +68,8 @@ def policy_schema() -> dict[str, object]:
     return schema
 
 
-def _parser() -> argparse.ArgumentParser:
+def build_parser() -> argparse.ArgumentParser:
+    """The whole command line (every subcommand), for main() and for tests of its flags."""
     p = argparse.ArgumentParser(
         prog="priority-extender",
         description="A kube-scheduler extender that places pods by priority tier and live load.",
@@ -141,6 +144,14 @@ def _parser() -> argparse.ArgumentParser:
         default=_env("KUBECONFIG"),
         help="kubeconfig file (default: in-cluster, then $KUBECONFIG or ~/.kube/config)",
     )
+    s.add_argument(
+        "--state-dir",
+        default=_env("STATE_DIR"),
+        help="keep the last policy that loaded here, and start from it when the policy file is "
+        "invalid at start-up (env PRIORITY_EXTENDER_STATE_DIR); the Deployment mounts an "
+        "emptyDir at /var/lib/priority-extender, which survives container restarts; default: "
+        "none (an invalid policy file at start-up exits 1)",
+    )
     s.add_argument("--tls-cert-file", default=_env("TLS_CERT_FILE"), help="serve HTTPS")
     s.add_argument("--tls-key-file", default=_env("TLS_KEY_FILE"))
     s.add_argument(
@@ -170,7 +181,7 @@ def _parser() -> argparse.ArgumentParser:
     check = psub.add_parser("check", help="validate policy files; exit 1 on any error")
     check.add_argument("files", nargs="+")
     psub.add_parser("schema", help="print the policy JSON schema")
-    simulate_cli.add_parser(sub)
+    simulate_cli.add_parser(sub.add_parser)
     return p
 
 
@@ -199,13 +210,17 @@ def _serve(ns: argparse.Namespace) -> int:
             return 2
         ca = Path(ns.tls_client_ca_file) if ns.tls_client_ca_file else None
         tls = TLSFiles(Path(ns.tls_cert_file), Path(ns.tls_key_file), ca)
+    state_dir = Path(ns.state_dir) if ns.state_dir else None
     policy: LoadedPolicy
     try:
         policy = load_file(ns.policy) if ns.policy else embedded_default()
     except PolicyError as exc:
-        for line in exc.issues:
-            print(line, file=sys.stderr)
-        return 1
+        fallback = _last_good(state_dir, ns.policy, exc) if ns.policy else None
+        if fallback is None:
+            for line in exc.issues:
+                print(line, file=sys.stderr)
+            return 1
+        policy = fallback
     settings = ServerSettings(
         host=ns.host,
         port=ns.port,
@@ -222,11 +237,42 @@ def _serve(ns: argparse.Namespace) -> int:
     )
     policy_path = Path(ns.policy) if ns.policy else None
     try:
-        asyncio.run(serve(policy, settings, policy_path))
+        asyncio.run(serve(policy, settings, policy_path, state_dir))
     except (OSError, TLSConfigError, ClusterConfigError) as exc:
         print(f"error: cannot start: {exc}", file=sys.stderr)
         return 1
     return 0
+
+
+def _last_good(state_dir: Path | None, path: str, invalid: PolicyError) -> LoadedPolicy | None:
+    """The last good copy of ``path`` kept in ``state_dir``, when the file itself is invalid at
+    start-up, with every problem of the file logged as an error. None when there is nothing
+    usable (said on stderr): the caller prints the file's problems and exits 1."""
+    if state_dir is None:
+        return None
+    log = logging.getLogger("extender.cli")
+    try:
+        kept = load_last_good(state_dir, path)
+    except PolicyError as exc:
+        for line in exc.issues:
+            print(line, file=sys.stderr)
+        print(f"error: the last good policy in {state_dir} cannot be used either", file=sys.stderr)
+        return None
+    if kept is None:
+        print(f"error: no last good copy of {path} in {state_dir}", file=sys.stderr)
+        return None
+    log.error(
+        "policy file %s is invalid (%d problem(s)): starting from the last good policy kept in "
+        "%s (sha256 %s); fix the file and it is picked up",
+        path,
+        len(invalid.issues),
+        state_dir,
+        kept.sha256[:12],
+        extra={"issues": invalid.issues},
+    )
+    for issue in invalid.issues:
+        log.error("policy: %s", issue)
+    return kept
 
 
 def _http(url: str, data: bytes | None = None) -> Any:
@@ -295,7 +341,7 @@ def _offline(ns: argparse.Namespace, top: int | None) -> dict[str, Any]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    ns = _parser().parse_args(argv)
+    ns = build_parser().parse_args(argv)
     if ns.command == "serve":
         return _serve(ns)
     if ns.command == "explain":

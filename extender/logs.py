@@ -3,6 +3,11 @@
 The pod a request is about is bound with :func:`bind_pod` for the duration of that request, and
 every line logged meanwhile carries it (``pod``, ``podUID``), so a platform team can grep one
 pod's story out of the extender's logs.
+
+Text lines escape control characters (``\\n``, ``\\x1b``, ...) in the message and in the bound
+pod, since both carry names from requests: a newline in a pod name must not forge a second log
+line, nor an escape sequence repaint the terminal. JSON lines are safe by construction
+(``json.dumps`` escapes every control character, and with ``ensure_ascii`` every non-ASCII one).
 """
 
 from __future__ import annotations
@@ -11,6 +16,7 @@ import contextlib
 import contextvars
 import json
 import logging
+import re
 import sys
 import time
 from collections.abc import Iterator
@@ -51,14 +57,42 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(out, default=str)
 
 
+#: C0 controls, DEL, C1 controls (NEL among them) and the Unicode line and paragraph separators:
+#: everything a terminal or a log shipper may take as a line break or an escape sequence.
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+_NAMED = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
+def _escape_one(match: re.Match[str]) -> str:
+    char = match.group()
+    return _NAMED.get(char) or (
+        f"\\x{ord(char):02x}" if ord(char) < 0x100 else f"\\u{ord(char):04x}"
+    )
+
+
+def escape(text: str) -> str:
+    """``text`` with control characters written as escapes, so that it stays on one line."""
+    return _CONTROL.sub(_escape_one, text)
+
+
 class TextFormatter(logging.Formatter):
     def __init__(self) -> None:
         super().__init__("%(asctime)s %(levelname)-7s %(name)s: %(message)s")
 
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        record.message = escape(record.message)  # set from getMessage() by every format()
+        return super().formatMessage(record)
+
+    def formatException(self, ei: Any) -> str:
+        # A traceback is several lines by nature: each is escaped and indented, so that a
+        # newline inside an exception's message cannot start something that looks like a line.
+        lines = super().formatException(ei).split("\n")
+        return "\n".join(f"  {escape(line)}" for line in lines)
+
     def format(self, record: logging.LogRecord) -> str:
         line = super().format(record)
         pod = _pod.get()
-        return f"{line} [pod={pod[0]}]" if pod is not None else line
+        return f"{line} [pod={escape(pod[0])}]" if pod is not None else line
 
 
 def setup(level: str = "info", fmt: str = "auto") -> None:

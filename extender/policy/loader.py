@@ -5,16 +5,25 @@ booleans), the typed model (types, ranges, unknown fields) and the cross-field r
 signals, unique tier names, the default tier, ordered priority ranges). The cross-field pass reads
 the raw data defensively so it reports even when the typed pass failed. Each problem comes out as
 ``file:line:col: path: message``.
+
+The last policy that loaded can be kept in a state directory (:func:`save_last_good`), so that a
+restart while the file on disk is invalid starts from it instead of crash-looping
+(:func:`load_last_good`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import json
+import os
+import tempfile
+import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from importlib import resources
 from pathlib import Path as FsPath
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import ValidationError
 
@@ -31,8 +40,23 @@ from extender.core.rules import (
     Tier,
     TierMatch,
 )
-from extender.policy.model import SUPPORTED_API_VERSIONS, PolicyDocument, Selector, TierSpec
-from extender.policy.yamlpos import Document, DocumentError, Issue, Path, parse, read_text
+from extender.policy.model import (
+    SUPPORTED_API_VERSIONS,
+    PolicyDocument,
+    Selector,
+    TierSpec,
+    parse_duration,
+)
+from extender.policy.yamlpos import (
+    Document,
+    DocumentError,
+    Issue,
+    NotRegularFile,
+    Path,
+    parse,
+    read_regular,
+    read_text,
+)
 
 #: Largest policy file read. Policies are a few KB; this stops a wrong path (a log file, a
 #: binary) from being read into memory whole.
@@ -48,6 +72,9 @@ class PolicyError(DocumentError):
     """A policy that cannot be used; ``issues`` lists every problem, already formatted."""
 
 
+PolicyOrigin = Literal["file", "last-good", "embedded"]
+
+
 @dataclass(frozen=True, slots=True)
 class LoadedPolicy:
     document: PolicyDocument
@@ -57,6 +84,11 @@ class LoadedPolicy:
     base_dir: FsPath | None
     """Where relative paths in the policy (the static source file) are resolved."""
     sha256: str
+    text: str = field(default="", repr=False, compare=False)
+    """The policy's source text (what :func:`save_last_good` keeps)."""
+    origin: PolicyOrigin = "file"
+    """``file`` (read from ``source`` as it is now), ``last-good`` (the file was invalid at
+    start-up; this is the copy kept from the last time it loaded) or ``embedded``."""
 
 
 def pydantic_issues(doc: Document, exc: ValidationError) -> list[Issue]:
@@ -172,6 +204,16 @@ def _semantic_issues(doc: Document) -> list[Issue]:
             )
     _selector_issues(_get(data, "bypass", "podSelector"), ("bypass", "podSelector"), add)
 
+    window, lag = _get(data, "estimation", "window"), _get(data, "estimation", "lag")
+    try:
+        if lag is not None and parse_duration(lag) >= parse_duration(window or 150.0):
+            add(
+                ("estimation", "lag"),
+                "lag must be shorter than window (the estimate fades in between)",
+            )
+    except ValueError:
+        pass  # the field's own error says what is wrong with it
+
     default = _get(data, "defaultTier")
     if isinstance(default, str) and names and default not in names:
         add(
@@ -212,7 +254,7 @@ def _selector(spec: Selector | None) -> LabelSelector | None:
     )
 
 
-def _tier(spec: TierSpec, signals: Sequence[str]) -> Tier:
+def _tier(spec: TierSpec, signals: Sequence[str], mode: str = "enforce") -> Tier:
     m = spec.match
     weights = spec.score.weights if spec.score.weights is not None else dict.fromkeys(signals, 1.0)
     return Tier(
@@ -231,13 +273,15 @@ def _tier(spec: TierSpec, signals: Sequence[str]) -> Tier:
         weights=dict(weights),
         target=spec.score.target,
         on_stale=OnStale(spec.onStale),
+        floor_keep=spec.floor.keep,
+        observe=(spec.mode or mode) == "observe",
     )
 
 
 def compile_rules(doc: PolicyDocument) -> Rules:
     """Turn a validated document into the core's :class:`Rules`."""
     signals = tuple(doc.metrics.signals)
-    tiers = tuple(_tier(t, signals) for t in doc.tiers)
+    tiers = tuple(_tier(t, signals, doc.mode) for t in doc.tiers)
     if doc.defaultTier is not None:
         default = next(t for t in tiers if t.name == doc.defaultTier)
     else:
@@ -247,6 +291,7 @@ def compile_rules(doc: PolicyDocument) -> Rules:
             ceilings={},
             strategy=Strategy.LEAST_LOADED,
             weights=dict.fromkeys(signals, 1.0),
+            observe=doc.mode == "observe",
         )
     est = doc.estimation
     return Rules(
@@ -256,6 +301,7 @@ def compile_rules(doc: PolicyDocument) -> Rules:
         max_age_s=doc.metrics.maxAge,
         estimation=Estimation(
             window_s=est.window,
+            lag_s=est.lag,
             prefer=EstimateFrom(est.prefer),
             requests_factor=est.requestsFactor,
             default_cpu=est.defaults.cpu,
@@ -268,6 +314,7 @@ def compile_rules(doc: PolicyDocument) -> Rules:
         ),
         preemption_max_per_node=doc.preemption.maxPerNode,
         preemption_window_s=doc.preemption.window,
+        live_source=doc.metrics.source != "none",
     )
 
 
@@ -300,6 +347,7 @@ def load_text(text: str, filename: str, base_dir: FsPath | None = None) -> Loade
         source=filename,
         base_dir=base_dir,
         sha256=hashlib.sha256(text.encode()).hexdigest(),
+        text=text,
     )
 
 
@@ -314,4 +362,87 @@ def embedded_default() -> LoadedPolicy:
     files = resources.files("extender") / "defaults"
     text = (files / "policy.yaml").read_text(encoding="utf-8")
     with resources.as_file(files) as folder:
-        return load_text(text, EMBEDDED_NAME, FsPath(folder))
+        return replace(load_text(text, EMBEDDED_NAME, FsPath(folder)), origin="embedded")
+
+
+# --- the last good policy, kept across restarts ------------------------------------------------
+
+#: The file in the state directory. One JSON document (source path, digest, text) so that a
+#: single rename replaces all of it at once.
+LAST_GOOD_NAME = "last-good-policy.json"
+#: Version of that document's layout; another version is ignored, as if absent.
+LAST_GOOD_VERSION = 1
+#: Largest last-good file read: the policy's own cap, times 6 for JSON's worst-case escaping
+#: (``\u0001`` for one byte), plus room for the other fields.
+MAX_LAST_GOOD_BYTES = 6 * MAX_POLICY_BYTES + 4096
+
+
+def _source_key(path: str | FsPath) -> str:
+    """The policy path as given, made absolute without resolving symlinks: a ConfigMap's file is
+    a symlink into a directory whose name changes with every update."""
+    return os.path.abspath(path)
+
+
+def save_last_good(state_dir: FsPath, policy: LoadedPolicy) -> FsPath:
+    """Keep ``policy`` as the last good one for its source file: a temporary file in
+    ``state_dir``, flushed to disk, then renamed over the previous copy (atomic on POSIX), so a
+    crash mid-write leaves the previous copy whole. Raises ``OSError``."""
+    doc = {
+        "version": LAST_GOOD_VERSION,
+        "source": _source_key(policy.source),
+        "sha256": policy.sha256,
+        "savedAt": time.time(),
+        "text": policy.text,
+    }
+    state_dir.mkdir(parents=True, exist_ok=True)
+    target = state_dir / LAST_GOOD_NAME
+    fd, tmp = tempfile.mkstemp(prefix=f".{LAST_GOOD_NAME}.", dir=state_dir)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            json.dump(doc, fh, ensure_ascii=False)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, target)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    return target
+
+
+def load_last_good(state_dir: FsPath, policy_path: str | FsPath) -> LoadedPolicy | None:
+    """The last good copy of ``policy_path`` kept in ``state_dir``, loaded and validated again,
+    with ``origin="last-good"``; None when there is none, or it was kept for another file.
+
+    A copy that is unreadable, damaged (its digest does not match) or no longer valid raises
+    :class:`PolicyError` naming the state file.
+    """
+    target = state_dir / LAST_GOOD_NAME
+    name = str(target)
+    try:
+        raw = read_regular(target, MAX_LAST_GOOD_BYTES)
+    except FileNotFoundError:
+        return None
+    except NotRegularFile as exc:
+        raise PolicyError(name, [f"{name}:0:0: (file): {exc}"]) from exc
+    except OSError as exc:
+        raise PolicyError(
+            name, [f"{name}:0:0: (file): cannot read: {exc.strerror or exc}"]
+        ) from exc
+    try:
+        doc = json.loads(raw)
+        if not isinstance(doc, dict):
+            raise ValueError("not a JSON object")
+    except ValueError as exc:
+        raise PolicyError(name, [f"{name}:0:0: (file): damaged: {exc}"]) from exc
+    if doc.get("version") != LAST_GOOD_VERSION or doc.get("source") != _source_key(policy_path):
+        return None
+    text = doc.get("text")
+    if not isinstance(text, str) or hashlib.sha256(text.encode()).hexdigest() != doc.get("sha256"):
+        raise PolicyError(
+            name, [f"{name}:0:0: (file): damaged: its text does not match its digest"]
+        )
+    # Problems are reported against the copy (its lines), not the file on disk.
+    copy = f"{policy_path} (last good copy in {name})"
+    loaded = load_text(text, copy, FsPath(policy_path).resolve().parent)
+    return replace(loaded, source=str(policy_path), origin="last-good")

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 import re
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import (
     AfterValidator,
@@ -21,6 +21,18 @@ from pydantic import (
 )
 
 from extender.core.quantity import QuantityError, parse_quantity
+from extender.core.rules import EstimateFrom, OnStale, Strategy
+
+# The names a policy may spell come from the core's enums, the one list of each; the models keep
+# plain strings (a strict model would not coerce text into an enum) and the loader converts.
+if TYPE_CHECKING:
+    StrategyName = str
+    OnStaleName = str
+    EstimateFromName = str
+else:
+    StrategyName = Literal[tuple(s.value for s in Strategy)]
+    OnStaleName = Literal[tuple(s.value for s in OnStale)]
+    EstimateFromName = Literal[tuple(s.value for s in EstimateFrom)]
 
 API_GROUP = "priority-extender.io"
 API_VERSION = f"{API_GROUP}/v1alpha1"
@@ -80,6 +92,64 @@ Duration = Annotated[
 ]
 PositiveDuration = Annotated[Duration, Field(gt=0)]
 """For intervals and timeouts, where zero would mean "always" or "never"."""
+
+
+#: Floors of ``refreshInterval``, per source; below them a refresh costs CPU for nothing.
+#: Prometheus evaluates recording rules at most once a second (and the source itself never
+#: waits less, ``sources.prometheus.MIN_INTERVAL_S``).
+PROMETHEUS_MIN_INTERVAL_S = 1.0
+#: The static file is parsed again at each refresh: ~20 ms of CPU for 5,000 nodes, so 1 s keeps
+#: it at 2% of a core (``1ms`` was 98%); the file is edited by hand or by a test, not streamed.
+STATIC_MIN_INTERVAL_S = 1.0
+#: metrics-server refuses a ``--metric-resolution`` below 10 s (kubelets compute usage every
+#: 10-15 s), so reading NodeMetrics faster returns the same values, and lists every node of the
+#: cluster from the API server each time for nothing.
+METRICS_SERVER_MIN_INTERVAL_S = 10.0
+
+
+def _at_least(floor: float) -> AfterValidator:
+    def check(seconds: float) -> float:
+        if seconds < floor:
+            raise ValueError(
+                f"{seconds:g}s is below this source's floor of {floor:g}s: refreshing faster "
+                "reads the same data again and costs CPU at every refresh"
+            )
+        return seconds
+
+    return AfterValidator(check)
+
+
+def _interval_schema(floor: float) -> WithJsonSchema:
+    return WithJsonSchema(
+        {
+            "anyOf": [
+                {"type": "string", "pattern": r"^([0-9]+(\.[0-9]+)?(ms|s|m|h))+$"},
+                {"type": "number", "minimum": floor},
+            ],
+            "description": f"A duration of at least {floor:g}s: 15s, 2m, 1m30s, or a number of "
+            "seconds.",
+        }
+    )
+
+
+PrometheusInterval = Annotated[
+    float,
+    BeforeValidator(parse_duration),
+    _at_least(PROMETHEUS_MIN_INTERVAL_S),
+    _interval_schema(PROMETHEUS_MIN_INTERVAL_S),
+]
+StaticInterval = Annotated[
+    float,
+    BeforeValidator(parse_duration),
+    _at_least(STATIC_MIN_INTERVAL_S),
+    _interval_schema(STATIC_MIN_INTERVAL_S),
+]
+MetricsServerInterval = Annotated[
+    float,
+    BeforeValidator(parse_duration),
+    _at_least(METRICS_SERVER_MIN_INTERVAL_S),
+    _interval_schema(METRICS_SERVER_MIN_INTERVAL_S),
+]
 Quantity = Annotated[
     float,
     BeforeValidator(_quantity),
@@ -138,9 +208,9 @@ class StrictModel(BaseModel):
 class PrometheusSource(StrictModel):
     url: str = "http://prometheus.monitoring.svc:9090"
     """Base URL of the Prometheus (or Thanos, Mimir) HTTP API."""
-    refreshInterval: PositiveDuration = 15.0
+    refreshInterval: PrometheusInterval = 15.0
     """How often every signal is queried. 15s matches the usual scrape interval; faster buys
-    nothing, since the data underneath only changes that often."""
+    nothing, since the data underneath only changes that often. At least 1s."""
     timeout: PositiveDuration = 5.0
     """Per query. Refreshes run in the background, so this never delays a scheduling answer."""
     nodeLabel: str = "node"
@@ -160,14 +230,15 @@ class PrometheusSource(StrictModel):
 class StaticSource(StrictModel):
     file: str = "static-metrics.yaml"
     """Per-node samples for demos and tests; a relative path is relative to the policy file."""
-    refreshInterval: PositiveDuration = 15.0
-    """How often the file is read again. Its samples count as observed at each read."""
+    refreshInterval: StaticInterval = 15.0
+    """How often the file is read again. Its samples count as observed at each read. At least
+    1s: each read parses the whole file."""
 
 
 class MetricsServerSource(StrictModel):
-    refreshInterval: PositiveDuration = 15.0
+    refreshInterval: MetricsServerInterval = 15.0
     """How often NodeMetrics are read. metrics-server itself scrapes kubelets every 15 s by
-    default, so faster buys nothing."""
+    default (and never faster than every 10 s), so faster buys nothing. At least 10s."""
     timeout: PositiveDuration = 5.0
     """Per request; refreshes run in the background."""
 
@@ -214,7 +285,7 @@ class TierMatchSpec(StrictModel):
 
 
 class ScoreSpec(StrictModel):
-    strategy: Literal["leastLoaded", "mostLoaded", "targetLoad", "balanced"] = "leastLoaded"
+    strategy: StrategyName = Strategy.LEAST_LOADED.value
     """leastLoaded spreads, mostLoaded packs, targetLoad fills towards ``target`` then spreads,
     balanced evens out the signals of a node (cpu against memory)."""
     weights: dict[SignalName, Annotated[float, Field(ge=0, le=100)]] | None = None
@@ -223,15 +294,34 @@ class ScoreSpec(StrictModel):
     """For targetLoad: the utilization that scores 10 (Trimaran's TargetLoadPacking curve)."""
 
 
+class FloorSpec(StrictModel):
+    keep: Annotated[int, Field(ge=0, le=100)] = 0
+    """When every candidate node is rejected for this tier, keep this many: the least over
+    their ceilings (nodes without fresh data last). 0 rejects them all and the pod waits; a
+    rejection is final for that scheduling attempt, and cluster autoscalers do not run
+    extenders, so a tier that must run needs a floor. Counted in
+    ``priority_extender_floor_applied_total`` and marked in explain."""
+
+
+Mode = Literal["enforce", "observe"]
+"""``enforce`` answers with the decision; ``observe`` (shadow mode) keeps every node with
+neutral scores and only records and exports what the decision would have been."""
+
+
 class TierSpec(StrictModel):
     name: Annotated[str, Field(pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$", max_length=63)]
     match: TierMatchSpec = Field(default_factory=TierMatchSpec)
     filter: dict[SignalName, Ratio] = Field(default_factory=dict)
     """Per signal: reject nodes whose projected utilization is above this ceiling."""
     score: ScoreSpec = Field(default_factory=ScoreSpec)
-    onStale: Literal["allow", "reject", "neutral"] = "allow"
+    onStale: OnStaleName = OnStale.ALLOW.value
     """For nodes without fresh data: allow (score by requests where known), reject, or keep
-    with the neutral score."""
+    with the neutral score. ``reject`` also holds while the whole source is down (fallback):
+    such a tier waits for data rather than being placed by requests."""
+    floor: FloorSpec = Field(default_factory=FloorSpec)
+    """What happens when every candidate is rejected (default: reject them all)."""
+    mode: Mode | None = None
+    """``enforce`` or ``observe`` for this tier; default: the policy's ``mode``."""
 
 
 class EstimationDefaults(StrictModel):
@@ -243,10 +333,17 @@ class EstimationDefaults(StrictModel):
 
 class EstimationSpec(StrictModel):
     window: Duration = 150.0
-    """Pods bound within this window still count as just placed. Metrics lag a placement by a
-    scrape interval plus the rate window before they show its full usage: 15 s + 2 m with the
-    shipped recording rules, so 150 s."""
-    prefer: Literal["requests", "limits"] = "requests"
+    """How long after its bind a pod's estimate still counts, as of its node's sample: ``lag``
+    plus the query's rate window, over which the estimate fades to zero as the metrics take the
+    pod in. The shipped recording rules use ``rate(...[2m])``: 30 s + 120 s = 150 s."""
+    lag: Duration = 30.0
+    """How long after its bind a pod's estimate counts in full: before then its usage cannot
+    be in its node's sample. A container starts within a few seconds of the bind; its usage
+    reaches the next scrape (15 s interval) and the recording rules' next evaluation (15 s):
+    5 + 15/2 + 15/2 ≈ 20 s typically, 35 s at worst; 30 s. (The extender's own refresh does
+    not add: a sample is dated when Prometheus evaluated it.) Where the node's sample has
+    already risen since the bind, that rise counts as the pod's usage whatever the lag says."""
+    prefer: EstimateFromName = EstimateFrom.REQUESTS.value
     requestsFactor: Annotated[float, Field(gt=0, le=10)] = 1.0
     """Requests are multiplied by this when they estimate usage."""
     defaults: EstimationDefaults = Field(default_factory=EstimationDefaults)
@@ -285,3 +382,8 @@ class PolicyDocument(StrictModel):
     estimation: EstimationSpec = Field(default_factory=EstimationSpec)
     bypass: BypassSpec = Field(default_factory=BypassSpec)
     preemption: PreemptionSpec = Field(default_factory=PreemptionSpec)
+    mode: Mode = "enforce"
+    """``observe`` runs the whole policy in shadow mode (tiers may override it): every node is
+    kept with neutral scores, and what would have been rejected is counted in
+    ``priority_extender_observed_rejections_total`` and shown in explain. A way to run a new
+    policy for a week before it decides anything."""

@@ -11,16 +11,16 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from collections.abc import Callable
 from typing import Any
 
-import msgspec
-import yaml
 from aiohttp import web
 
 from extender.core import Candidates, evaluate, snapshot_to_dict, summarize
+from extender.policy.yamlpos import ManifestError, manifest_json
 from extender.store import SnapshotStore
 from extender.verbs import DecisionLog
 from extender.wire import WireError, decode_pod
@@ -81,9 +81,12 @@ class AdminViews:
         if not body.strip():
             return _error(400, "post a Pod manifest (JSON or YAML)")
         try:
-            is_json = body.lstrip()[:1] == b"{"
-            pod = decode_pod(body if is_json else msgspec.json.encode(yaml.safe_load(body)))
-        except (yaml.YAMLError, WireError, TypeError, msgspec.EncodeError) as exc:
+            # In a worker thread: a large YAML manifest takes a second or more to parse, and
+            # this event loop also answers kube-scheduler.
+            pod = decode_pod(await asyncio.to_thread(manifest_json, body))
+        except ManifestError as exc:
+            return _error(400, "not a Pod manifest: " + "; ".join(exc.issues))
+        except WireError as exc:
             return _error(400, f"not a Pod manifest: {exc}")
         top = _top(request)
         state = self.store.current
