@@ -8,8 +8,11 @@ real client of the ``kubernetes`` package talks to it over HTTP.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import json
+import logging
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -48,11 +51,16 @@ class MetricsAPI:
         self.status = 200
         self.hang = asyncio.Event()
         self.hanging = False
+        self.calls = 0
+        self.error_text = ""
 
     async def handle(self, request: web.Request) -> web.Response:
+        self.calls += 1
         if self.hanging:
             await self.hang.wait()
         if self.status != 200:
+            if self.error_text:
+                return web.Response(text=self.error_text, status=self.status)
             return web.json_response({"kind": "Status", "message": "nope"}, status=self.status)
         return web.json_response({"kind": "NodeMetricsList", "items": self.items})
 
@@ -75,6 +83,13 @@ async def api(aiohttp_server):
     yield m
     m.hang.set()
     await api_client.close()
+
+
+async def until(condition: Callable[[], bool], limit: float = 10.0) -> None:
+    """Poll a condition; the limit only keeps a broken build from hanging."""
+    async with asyncio.timeout(limit):
+        while not condition():
+            await asyncio.sleep(0.002)
 
 
 def store() -> SnapshotStore:
@@ -171,6 +186,69 @@ async def test_run_refreshes_on_its_interval_with_jitter(api):
     assert source.refreshes_ok == 2
 
 
+async def test_the_first_refresh_waits_for_the_node_list(api):
+    """No fixed delay: start() leaves the first read to run(), which makes it as soon as the
+    cluster's node list is in the store, not before."""
+    st = store()
+    listed = asyncio.Event()
+    waiting: list[float] = []
+
+    async def nodes_published(timeout: float) -> bool:
+        waiting.append(timeout)
+        await listed.wait()
+        return True
+
+    async def sleep(seconds: float) -> None:
+        await asyncio.Event().wait()  # the loop's next wait: park here
+
+    source = MetricsServerSource(st, api.fetch, 15, 5, sleep=sleep, nodes_published=nodes_published)
+    await source.start()
+    assert api.calls == 0  # start-up does not wait for the Kubernetes API
+    task = asyncio.create_task(source.run())
+    try:
+        await until(lambda: waiting == [30.0])  # NODES_WAIT_S: bounded
+        assert api.calls == 0
+        assert source.refreshes_ok == 0
+        listed.set()
+        await until(lambda: source.refreshes_ok == 1)
+        assert api.calls == 1
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+async def test_a_node_list_that_never_comes_is_logged_and_the_refresh_made(api, caplog):
+    st = store()
+
+    async def never(timeout: float) -> bool:
+        return False  # what ClusterSource.wait_nodes_published says when the bound expires
+
+    async def stop(seconds: float) -> None:
+        raise asyncio.CancelledError
+
+    source = MetricsServerSource(st, api.fetch, 15, 5, sleep=stop, nodes_published=never)
+    with caplog.at_level(logging.WARNING), pytest.raises(asyncio.CancelledError):
+        await source.run()
+    assert "no node list from the Kubernetes API after 30s" in caplog.text
+    assert api.calls == 1
+    assert source.refreshes_ok == 1  # this store knows the nodes anyway
+
+
+async def test_an_error_body_is_logged_short_and_escaped(api, caplog):
+    st = store()
+    source = MetricsServerSource(st, api.fetch, 15, 5, clock=lambda: NOW)
+    api.status = 500
+    api.error_text = "line one\n\x1b[31mERROR forged line\x1b[0m\r\n" + "x" * 5000
+    with caplog.at_level(logging.ERROR):
+        assert not await source.refresh()
+    logged = caplog.records[-1].getMessage()
+    assert "\n" not in logged
+    assert "\x1b" not in logged
+    assert "\\x1b[31m" in logged
+    assert len(logged) < 400
+
+
 class ApiWithMetrics:
     """Stand-in for kube-apiserver with metrics-server's API registered (aggregated)."""
 
@@ -195,15 +273,27 @@ class ApiWithMetrics:
 
 async def test_end_to_end_through_the_server(tmp_path, monkeypatch):
     """With the cluster cache (allocatable) and metrics-server (usage), a batch pod's filter
-    rejects the node whose usage puts it over the tier ceiling."""
-    from extender.server import run as run_module
+    rejects the node whose usage puts it over the tier ceiling; the process opens one API
+    client for both and closes it once."""
     from extender.server.app import ServerSettings
     from extender.server.run import running
     from tests.fake_apiserver import make_node
-    from tests.test_cluster_config import kubeconfig
-    from tests.test_cluster_watch import until
+    from tests.support import kubeconfig
 
-    monkeypatch.setattr(run_module, "METRICS_SERVER_FIRST_DELAY_S", 0.2)
+    opened: list[object] = []
+    closed: list[object] = []
+    real_init, real_close = k8s.ApiClient.__init__, k8s.ApiClient.close
+
+    def counting_init(self: Any, *args: Any, **kwargs: Any) -> None:
+        opened.append(self)
+        real_init(self, *args, **kwargs)
+
+    async def counting_close(self: Any) -> None:
+        closed.append(self)
+        await real_close(self)
+
+    monkeypatch.setattr(k8s.ApiClient, "__init__", counting_init)
+    monkeypatch.setattr(k8s.ApiClient, "close", counting_close)
     api = ApiWithMetrics.make({"hot": ("15", "8Gi"), "cool": ("2", "8Gi")})
     await api.start()
     for name in ("hot", "cool"):
@@ -231,5 +321,8 @@ async def test_end_to_end_through_the_server(tmp_path, monkeypatch):
             assert reply["FailedAndUnresolvableNodes"] == {
                 "hot": "cpu load above batch tier ceiling"
             }
+            assert len(opened) == 1  # the cluster cache's, shared by metrics-server
+            assert opened == [state.cluster.api_client]  # type: ignore[union-attr]
+        assert closed == opened
     finally:
         await api.stop()

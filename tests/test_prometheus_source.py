@@ -411,7 +411,8 @@ async def test_down_longer_than_max_age_falls_back_to_requests(fake):
         clock.now = NOW + 61  # maxAge (60 s) since the last success
         assert not await source.refresh()
         assert store.current.snapshot.source_ok_at == NOW
-        assert verdict() == (True, {})
+        # Fallback: nothing rejected for load; batch (onStale: reject) waits for live data.
+        assert verdict() == (True, {"hot": REASON_STALE, "cool": REASON_STALE})
 
 
 async def test_samples_age_by_their_own_timestamps(fake):
@@ -522,8 +523,13 @@ async def test_retry_after_stretches_the_next_wait(fake):
         assert await source.refresh()
         assert source.next_delay() == 15.0
 
-    eager = PrometheusSource(SnapshotStore(make_policy(fake.url, refreshInterval="100ms")))
-    assert eager.next_delay() == MIN_INTERVAL_S
+    # The policy refuses an interval under 1 s; the jitter below it still meets the floor.
+    with pytest.raises(PolicyError, match="refreshInterval"):
+        make_policy(fake.url, refreshInterval="100ms")
+    eager = PrometheusSource(
+        SnapshotStore(make_policy(fake.url, refreshInterval="1s")), rand=lambda: 0.0
+    )
+    assert eager.next_delay() == MIN_INTERVAL_S  # 0.9 s with the jitter, floored
 
 
 async def test_refreshes_never_overlap(fake):

@@ -109,8 +109,9 @@ def cluster_source(
     sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     rng: random.Random | None = None,
 ) -> ClusterSource:
-    """A source that talks to the API the configuration names (not started). ``clock``,
-    ``sleep`` (the waits between retries) and ``rng`` (jitter) are seams for tests."""
+    """A source that talks to the API the configuration names (not started), on one API client
+    that the Kubernetes-backed metrics sources share and the source closes when it stops.
+    ``clock``, ``sleep`` (the waits between retries) and ``rng`` (jitter) are seams for tests."""
     api_client = k8s.ApiClient(configuration)
     api_client.user_agent = f"priority-extender/{__version__}"
     core = k8s.CoreV1Api(api_client)
@@ -123,6 +124,7 @@ def cluster_source(
         sleep=sleep,
         rng=rng,
         close=api_client.close,
+        api_client=api_client,
     )
 
 

@@ -4,6 +4,13 @@ Publication is coalesced: the first change after a quiet spell is published at o
 at most every ``publish_interval_s`` (a publication rebuilds the snapshot, O(nodes)). Between
 events the source still wakes every ``tick_s`` to drop pods that left the estimation window and
 to notice a policy whose estimation settings changed.
+
+The publisher also tells the metrics sources what they need of the cache (the cluster source is
+their :class:`extender.sources.base.ClusterView`): :attr:`ClusterSource.nodes_published` is set
+at the first publication of a full node list, and listeners of :meth:`ClusterSource.
+watch_addresses` get the node address map after each publication that changed it (Prometheus
+maps ``instance`` addresses to node names with it). The source owns the API client it was given
+and closes it once, when :meth:`ClusterSource.run` ends; the sources that share it stop first.
 """
 
 from __future__ import annotations
@@ -14,8 +21,9 @@ import gc
 import logging
 import random
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from extender.cluster.cache import ClusterCache, NodeSink, PodSink
 from extender.cluster.decode import NodeRecord, PodRecord
@@ -73,11 +81,19 @@ class ClusterSource:
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         rng: random.Random | None = None,
         close: Callable[[], Awaitable[None]] | None = None,
+        api_client: Any = None,
     ) -> None:
         self.store = store
         self.settings = settings
         self.clock = clock
         self._close = close
+        self.api_client = api_client
+        """The ``kubernetes.aio`` ApiClient the reflectors use, for the sources that call the API
+        too (metrics-server); ``close`` closes it. None when built from bare list calls."""
+        self.nodes_published = asyncio.Event()
+        """Set once the store holds the first full node list (the nodes' allocatable)."""
+        self._address_listeners: list[Callable[[Mapping[str, str]], None]] = []
+        self._addresses_sent = -1
         self._changed = asyncio.Event()
         rules = store.policy.rules
         self.cache = ClusterCache(rules.estimation, horizon_s(rules), clock, self._changed.set)
@@ -159,7 +175,46 @@ class ClusterSource:
         self.store.set_cluster(nodes, placements)
         self.publications += 1
         self.published_at = now
+        self.nodes_published.set()
+        self._send_addresses()
         return True
+
+    def _send_addresses(self) -> None:
+        """Hand the address map to every listener if it changed since they last had it."""
+        version = self.cache.addresses_version
+        if version == self._addresses_sent or not self._address_listeners:
+            return
+        self._addresses_sent = version
+        addresses = self.cache.addresses()
+        for listener in list(self._address_listeners):
+            try:
+                listener(addresses)
+            except Exception:  # one listener's bug must not stop publication or the others
+                log.exception("cluster: an address listener failed")
+
+    # --- what the sources read (extender.sources.base.ClusterView) --------------------------------
+
+    async def wait_nodes_published(self, timeout: float) -> bool:
+        """Wait until the first full node list is in the store, at most ``timeout`` seconds."""
+        try:
+            async with asyncio.timeout(timeout):
+                await self.nodes_published.wait()
+        except TimeoutError:
+            return False
+        return True
+
+    def watch_addresses(self, listener: Callable[[Mapping[str, str]], None]) -> Callable[[], None]:
+        """Call ``listener`` with the node address map: now if the nodes are published, then
+        from the publisher whenever the map changed. Returns the function that stops it."""
+        self._address_listeners.append(listener)
+        if self.nodes_published.is_set():
+            listener(self.cache.addresses())
+
+        def unwatch() -> None:
+            if listener in self._address_listeners:
+                self._address_listeners.remove(listener)
+
+        return unwatch
 
     # --- what the server reads ------------------------------------------------------------------
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import logging
 import signal
 from collections.abc import AsyncIterator
@@ -12,26 +11,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from aiohttp import web
-from kubernetes.aio import client as k8s
 from prometheus_client import CollectorRegistry
 
 from extender.cluster import ClusterSource, start_cluster
-from extender.cluster.connect import KubernetesMode, load_configuration
 from extender.policy import LoadedPolicy
 from extender.server.app import Extender, ServerSettings
 from extender.server.metrics import ClusterCollector, Metrics
 from extender.server.reload import PolicyReloader
 from extender.server.tls import CertReloader, server_context
-from extender.sources.metrics_server import MetricsServerSource
-from extender.sources.prometheus import PrometheusSource, PrometheusSourceMetrics
-from extender.sources.static import StaticSource, static_path
+from extender.sources.base import ClusterView, Collectors, Source, SourceContext
+from extender.sources.registry import build_source
 from extender.store import SnapshotStore
 
 log = logging.getLogger(__name__)
-
-#: The first Prometheus refresh is bounded by the query timeout (queries run in parallel) plus
-#: this margin for decoding and the snapshot swap, so start-up never hangs on a slow Prometheus.
-STARTUP_MARGIN_S = 2.0
 
 
 @dataclass
@@ -46,86 +38,10 @@ class Running:
 
 
 def _bound_port(runner: web.AppRunner) -> int:
-    for site in runner.sites:
-        server = getattr(site, "_server", None)
-        if server is not None and server.sockets:
-            return int(server.sockets[0].getsockname()[1])
+    """The port the runner's site listens on (the one the OS chose when asked for 0)."""
+    for address in runner.addresses:
+        return int(address[1])
     raise RuntimeError("site not started")
-
-
-async def start_sources(
-    store: SnapshotStore,
-    policy: LoadedPolicy,
-    registry: CollectorRegistry | None = None,
-    prom_metrics: PrometheusSourceMetrics | None = None,
-    kubernetes: KubernetesMode = "off",
-    kubeconfig: str | None = None,
-) -> list[asyncio.Task[None]]:
-    """Start the metrics source the policy names. Its first read completes before returning.
-
-    ``prom_metrics`` is reused across restarts (a collector registers only once per registry).
-    """
-    metrics = policy.document.metrics
-    if metrics.source == "prometheus":
-        prom = PrometheusSource(
-            store,
-            prom_metrics
-            or PrometheusSourceMetrics(registry if registry is not None else CollectorRegistry()),
-        )
-        try:
-            await asyncio.wait_for(
-                prom.refresh(startup=True), metrics.prometheus.timeout + STARTUP_MARGIN_S
-            )
-        except TimeoutError:
-            log.warning("prometheus: first refresh did not finish in time; retrying in background")
-        except BaseException:  # cancelled during start-up: no run() task will close the session
-            await prom.close()
-            raise
-        return [asyncio.create_task(prom.run())]
-    if metrics.source == "static":
-        source = StaticSource(
-            store,
-            static_path(metrics.static.file, policy.base_dir),
-            metrics.static.refreshInterval,
-        )
-        await source.refresh()
-        return [asyncio.create_task(source.run())]
-    if metrics.source == "metrics-server":
-        configuration = await load_configuration(kubernetes, kubeconfig)
-        if configuration is None:
-            log.warning(
-                "metrics-server source needs the Kubernetes API (--kubernetes auto and a "
-                "kubeconfig or in-cluster config); using request-based scoring instead"
-            )
-            return []
-        return [asyncio.create_task(_metrics_server(store, configuration, policy))]
-    return []
-
-
-#: The first metrics-server read waits for the cluster cache's first node list, which supplies
-#: the allocatable that usage is divided by (a second or two on large clusters).
-METRICS_SERVER_FIRST_DELAY_S = 3.0
-
-
-async def _metrics_server(
-    store: SnapshotStore, configuration: k8s.Configuration, policy: LoadedPolicy
-) -> None:
-    settings = policy.document.metrics.metricsServer
-    api_client = k8s.ApiClient(configuration)
-    custom = k8s.CustomObjectsApi(api_client)
-    fetch = functools.partial(
-        custom.list_cluster_custom_object_without_preload_content,
-        "metrics.k8s.io",
-        "v1beta1",
-        "nodes",
-    )
-    source = MetricsServerSource(store, fetch, settings.refreshInterval, settings.timeout)
-    try:
-        await asyncio.sleep(METRICS_SERVER_FIRST_DELAY_S)
-        await source.refresh()
-        await source.run()
-    finally:
-        await api_client.close()  # type: ignore[no-untyped-call]
 
 
 async def _cancel(tasks: list[asyncio.Task[None]]) -> None:
@@ -137,42 +53,71 @@ async def _cancel(tasks: list[asyncio.Task[None]]) -> None:
 
 
 class Sources:
-    """The running metrics source, restarted when a reload changes the metrics settings."""
+    """The running metrics source, rebuilt when a reload changes the metrics settings.
+
+    Which source, and how it is built, is the registry's business (:mod:`extender.sources`);
+    here it is only started, run and stopped. ``cluster`` is the Kubernetes API cache, when the
+    extender has one: the sources that need it share its API client.
+    """
 
     def __init__(
         self,
         store: SnapshotStore,
         registry: CollectorRegistry,
-        kubernetes: KubernetesMode = "off",
-        kubeconfig: str | None = None,
+        cluster: ClusterView | None = None,
     ) -> None:
         self.store = store
-        self.registry = registry
-        self.prom_metrics = PrometheusSourceMetrics(registry)
-        self.kubernetes: KubernetesMode = kubernetes
-        self.kubeconfig = kubeconfig
+        self.collectors = Collectors(registry)
+        self.cluster = cluster
+        self.source: Source | None = None
         self.tasks: list[asyncio.Task[None]] = []
+        self._lock = asyncio.Lock()  # a reload during start-up waits, never runs two sources
 
     async def start(self, policy: LoadedPolicy) -> None:
-        self.tasks = await start_sources(
-            self.store,
-            policy,
-            self.registry,
-            self.prom_metrics,
-            self.kubernetes,
-            self.kubeconfig,
+        """Build the source the policy names and make its first refresh (bounded by the
+        source); then run it in the background. A source already running is stopped first."""
+        async with self._lock:
+            await self._stop()
+            await self._start(policy)
+
+    async def _start(self, policy: LoadedPolicy) -> None:
+        context = SourceContext(
+            self.store, policy.document.metrics, policy.base_dir, self.collectors, self.cluster
         )
+        source = build_source(context)
+        if source is None:
+            return
+        try:
+            await source.start()
+        except BaseException:  # cancelled during start-up: no run() task will close it
+            await source.close()
+            raise
+        self.source = source
+        self.tasks = [asyncio.create_task(_run_source(source), name=f"source-{source.name}")]
 
     async def stop(self) -> None:
+        async with self._lock:
+            await self._stop()
+
+    async def _stop(self) -> None:
         await _cancel(self.tasks)
         self.tasks = []
+        if self.source is not None:  # a task cancelled before its first step never closed it
+            source, self.source = self.source, None
+            await source.close()
 
     async def on_reload(self, old: LoadedPolicy, new: LoadedPolicy) -> None:
         if old.document.metrics == new.document.metrics and old.base_dir == new.base_dir:
             return
         log.info("metrics settings changed: restarting the %s source", new.document.metrics.source)
-        await self.stop()
         await self.start(new)
+
+
+async def _run_source(source: Source) -> None:
+    try:
+        await source.run()
+    finally:
+        await source.close()
 
 
 @contextlib.asynccontextmanager
@@ -181,10 +126,12 @@ async def running(
     settings: ServerSettings,
     registry: CollectorRegistry | None = None,
     policy_path: Path | None = None,
+    state_dir: Path | None = None,
 ) -> AsyncIterator[Running]:
     """Everything started; stopped in reverse order on exit.
 
-    With ``policy_path`` the policy is reloaded when the file changes.
+    With ``policy_path`` the policy is reloaded when the file changes; with ``state_dir`` too,
+    every policy that loads is kept there for a restart while the file is invalid.
     """
     ssl_context = None
     cert_reloader = None
@@ -194,12 +141,16 @@ async def running(
     store = SnapshotStore(policy)
     metrics = Metrics(registry if registry is not None else CollectorRegistry())
     extender = Extender(store, metrics, settings)
-    sources = Sources(store, metrics.registry, settings.kubernetes, settings.kubeconfig)
-    await sources.start(policy)
+    sources = Sources(store, metrics.registry)
     tasks: list[asyncio.Task[None]] = []
     if policy_path is not None:
         reloader = PolicyReloader(
-            policy_path, store, metrics, sources.on_reload, settings.reload_interval
+            policy_path,
+            store,
+            metrics,
+            sources.on_reload,
+            settings.reload_interval,
+            state_dir=state_dir,
         )
         tasks.append(asyncio.create_task(reloader.run()))
     if cert_reloader is not None:
@@ -210,11 +161,14 @@ async def running(
         cluster = await start_cluster(store, settings.kubernetes, settings.kubeconfig)
         if cluster is not None:
             state.cluster = cluster
-            tasks.extend(cluster.tasks)
+            sources.cluster = cluster
             extender.readiness_checks.append(cluster.not_ready)
             extender.size_providers.append(cluster.sizes)
             extender.victim_lookup = cluster.estimate
             metrics.registry.register(ClusterCollector(cluster.status))
+        # After the cluster (metrics-server shares its API client and waits for its node
+        # list), before the ports. The store's policy: a reload may already have replaced it.
+        await sources.start(store.policy)
         for name, app, host, port, ctx in (
             ("scheduler", extender.scheduler_app(), settings.host, settings.port, ssl_context),
             ("admin", extender.admin_app(), settings.admin_host, settings.admin_port, None),
@@ -236,13 +190,18 @@ async def running(
         extender.ready = False
         await _cancel(tasks)
         await sources.stop()
+        if state.cluster is not None:  # last: it closes the API client the sources shared
+            await _cancel(state.cluster.tasks)
         # Stops listening, lets in-flight requests finish within shutdown_timeout, then closes.
         for runner in reversed(runners):
             await runner.cleanup()
 
 
 async def serve(
-    policy: LoadedPolicy, settings: ServerSettings, policy_path: Path | None = None
+    policy: LoadedPolicy,
+    settings: ServerSettings,
+    policy_path: Path | None = None,
+    state_dir: Path | None = None,
 ) -> None:
     """Run until SIGTERM or SIGINT, then drain and stop within the configured grace.
 
@@ -262,7 +221,7 @@ async def serve(
 
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, on_signal)
-    async with running(policy, settings, policy_path=policy_path) as state:
+    async with running(policy, settings, policy_path=policy_path, state_dir=state_dir) as state:
         await stop.wait()
         state.extender.ready = False
         log.info("shutting down: draining for %.1f s", settings.drain_seconds)

@@ -9,24 +9,30 @@ fallback work exactly as for Prometheus. Only the ``cpu`` and ``memory`` signals
 
 The request goes through the ``kubernetes`` package's asyncio client (its
 ``*_without_preload_content`` form: the bytes are decoded here with msgspec, not into models);
-the call is passed in, so tests drive the real client against a loopback stand-in.
+the call is passed in, so tests drive the real client against a loopback stand-in. :func:`build`
+makes that call on the cluster cache's own API client (one client per process, closed by the
+cluster source), and makes the first refresh wait for the cache's first node list.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import math
 import random
+import re
 import time
 from collections.abc import Awaitable, Callable
 from datetime import datetime
 
 import aiohttp
 import msgspec
+from kubernetes.aio import client as k8s
 
 from extender.core import RESOURCES, QuantityError, Sample, parse_quantity
 from extender.errors import SourceError
+from extender.sources.base import Produces, SourceContext
 from extender.store import SnapshotStore
 
 log = logging.getLogger(__name__)
@@ -36,6 +42,14 @@ MAX_RESPONSE_BYTES = 48 << 20
 #: Utilization above this is a broken sample (usage beyond allocatable is possible for memory
 #: under overcommit, but not ten times over).
 MAX_RATIO = 10.0
+#: The first refresh waits this long at most for the cluster cache's first node list (the
+#: allocatable that usage is divided by). A 5,000-node list takes a second or two; a wait this
+#: long means the API server is unreachable, and the refresh then fails and is retried every
+#: ``refreshInterval`` like any other.
+NODES_WAIT_S = 30.0
+#: Longest piece of an error answer quoted in a log line (control characters escaped).
+LOGGED_TEXT_CHARS = 200
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
 
 FetchCall = Callable[[], Awaitable[aiohttp.ClientResponse]]
 
@@ -64,6 +78,12 @@ class _List(msgspec.Struct):
 
 
 _decoder = msgspec.json.Decoder(_List)
+
+
+def _short(text: str) -> str:
+    """An excerpt of foreign text fit for a log line: cut, with control characters escaped."""
+    cut = _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", text[:LOGGED_TEXT_CHARS])
+    return cut + ("..." if len(text) > LOGGED_TEXT_CHARS else "")
 
 
 def _timestamp(text: str) -> float | None:
@@ -127,7 +147,15 @@ def parse_node_metrics(
 
 
 class MetricsServerSource:
-    """Refreshes node samples from metrics-server every ``interval`` seconds (with jitter)."""
+    """Refreshes node samples from metrics-server every ``interval`` seconds (with jitter).
+
+    With ``nodes_published`` (the cluster cache's wait for its first node list, given a bound in
+    seconds), :meth:`start` returns at once and :meth:`run` makes the first refresh after that
+    wait; without it, :meth:`start` refreshes and :meth:`run` only loops.
+    """
+
+    name = "metrics-server"
+    produces: frozenset[Produces] = frozenset({"nodes"})
 
     def __init__(
         self,
@@ -139,6 +167,8 @@ class MetricsServerSource:
         clock: Callable[[], float] = time.time,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         rand: Callable[[], float] = random.random,
+        nodes_published: Callable[[float], Awaitable[bool]] | None = None,
+        nodes_wait: float = NODES_WAIT_S,
     ) -> None:
         self.store = store
         self.fetch = fetch
@@ -147,6 +177,8 @@ class MetricsServerSource:
         self.clock = clock
         self.sleep = sleep
         self.rand = rand
+        self.nodes_published = nodes_published
+        self.nodes_wait = nodes_wait
         self.last_error: str | None = None
         self.refreshes_ok = 0
         self.skipped: dict[str, int] = {}
@@ -167,7 +199,7 @@ class MetricsServerSource:
             try:
                 if resp.status != 200:
                     text = (await resp.content.read(4096)).decode(errors="replace")
-                    raise MetricsServerError(f"HTTP {resp.status}: {text.strip()[:200]}")
+                    raise MetricsServerError(f"HTTP {resp.status}: {_short(text.strip())}")
                 body = await resp.content.read(MAX_RESPONSE_BYTES + 1)
                 if len(body) > MAX_RESPONSE_BYTES:
                     raise MetricsServerError(f"answer larger than {MAX_RESPONSE_BYTES} bytes")
@@ -201,8 +233,54 @@ class MetricsServerSource:
         self.refreshes_ok += 1
         return True
 
+    async def start(self) -> None:
+        """The first refresh, unless it has to wait for the node list (then :meth:`run` does
+        it: start-up does not wait for the Kubernetes API)."""
+        if self.nodes_published is None:
+            await self.refresh()
+
     async def run(self) -> None:
-        """Refresh forever, every ``interval`` ± 10%; the first refresh is the caller's."""
+        """Refresh forever, every ``interval`` ± 10%; the first refresh is :meth:`start`'s, or
+        comes first here after the cluster's first node list (or ``nodes_wait`` seconds)."""
+        if self.nodes_published is not None:
+            if not await self.nodes_published(self.nodes_wait):
+                log.warning(
+                    "metrics-server: no node list from the Kubernetes API after %gs; refreshing "
+                    "anyway (nodes without a known allocatable get no sample)",
+                    self.nodes_wait,
+                )
+            await self.refresh()
         while True:
             await self.sleep(self.interval * (0.9 + 0.2 * self.rand()))
             await self.refresh()
+
+    async def close(self) -> None:
+        """Nothing to release: the API client is the cluster source's."""
+
+
+def build(context: SourceContext) -> MetricsServerSource | None:
+    """The ``metrics-server`` source on the cluster cache's API client; None (logged) when the
+    extender runs without the Kubernetes API."""
+    cluster = context.cluster
+    api_client = cluster.api_client if cluster is not None else None
+    if cluster is None or api_client is None:
+        log.warning(
+            "metrics-server source needs the Kubernetes API (--kubernetes auto and a "
+            "kubeconfig or in-cluster config); using request-based scoring instead"
+        )
+        return None
+    custom = k8s.CustomObjectsApi(api_client)
+    fetch = functools.partial(
+        custom.list_cluster_custom_object_without_preload_content,
+        "metrics.k8s.io",
+        "v1beta1",
+        "nodes",
+    )
+    settings = context.settings.metricsServer
+    return MetricsServerSource(
+        context.store,
+        fetch,
+        settings.refreshInterval,
+        settings.timeout,
+        nodes_published=cluster.wait_nodes_published,
+    )

@@ -27,6 +27,14 @@ from the answer is missing, since Prometheus already applied its own lookback.
 Timestamps are the ones Prometheus returns. For an instant query that is the evaluation time, not
 the time of the scrape underneath: a series stops being fresh when Prometheus drops it (staleness
 markers as soon as a target or a rule's input disappears, else its 5-minute lookback).
+
+With the Kubernetes API cache, :func:`build` subscribes the source to the cache's node addresses
+(InternalIP, Hostname, ...), so series that carry only ``instance="10.0.3.7:9100"`` map to node
+names; the map is replaced in the background whenever a node's addresses change.
+
+Nothing Prometheus (or whatever answers at its URL) sends is trusted in a log line: redirects are
+not followed (a 3xx fails the query as ``redirected``), and any text quoted from an answer is cut
+to :data:`LOGGED_TEXT_CHARS` with control characters escaped, so it cannot flood or forge lines.
 """
 
 from __future__ import annotations
@@ -36,9 +44,11 @@ import functools
 import logging
 import math
 import random
+import re
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Any
 
 import aiohttp
@@ -48,6 +58,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from extender.core import Sample
 from extender.errors import SourceError
 from extender.policy.model import PrometheusSource as PrometheusSettings
+from extender.sources.base import ClusterView, Produces, SourceContext
 from extender.store import SnapshotStore
 
 log = logging.getLogger(__name__)
@@ -88,9 +99,18 @@ ERROR_BODY_BYTES = 4 << 10
 """How much of a non-200 body is read for the log: Prometheus' error JSON is a few hundred bytes;
 an HTML error page from a proxy is cut here."""
 
-LOGGED_TEXT_CHARS = 300
-"""Longest piece of a foreign body quoted in a log line: room for Prometheus' longest parse error,
-too little for an HTML error page to flood the log."""
+LOGGED_TEXT_CHARS = 200
+"""Longest piece of foreign text (a body, an error message, a label value) quoted in a log line:
+room for Prometheus' parse errors (``bad_data: 1:27: parse error: unexpected ...``, well under
+200), too little for an error page or a payload to flood the log or carry much of anything."""
+
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
+"""Characters that end, rewrite or reorder a log line: C0 and C1 controls (newlines, ANSI
+escapes), DEL, the Unicode line and paragraph separators, and the bidirectional overrides."""
+
+STARTUP_MARGIN_S = 2.0
+"""The first refresh at start-up is bounded by the query timeout (queries run in parallel) plus
+this margin for decoding and the snapshot swap, so start-up never hangs on a slow Prometheus."""
 
 #: Refreshes take milliseconds on a healthy Prometheus; the top bucket is twice the default query
 #: timeout (5 s), which a refresh cannot exceed by much.
@@ -111,6 +131,7 @@ RESULTS = (
     "query_error",
     "too_large",
     "bad_response",
+    "redirected",
     "internal_error",
 )
 
@@ -140,6 +161,7 @@ class PrometheusError(SourceError):
           query_error       Prometheus' ``"status": "error"`` (bad PromQL, failed evaluation)
           too_large         body above ``maxResponseBytes``
           bad_response      not Prometheus JSON, truncated, or not an instant vector
+          redirected        HTTP 3xx: never followed (the URL names the final address)
     """
 
     def __init__(self, result: str, message: str, retry_after: float | None = None) -> None:
@@ -219,9 +241,17 @@ def _host(address: str) -> str:
     return address
 
 
+def _escape(match: re.Match[str]) -> str:
+    code = ord(match.group())
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
+
+
 def _short(text: object) -> str:
+    """Foreign text fit for a log line: at most :data:`LOGGED_TEXT_CHARS` of it (then ``...``),
+    control characters escaped (``\\x1b``, ``\\x0a``)."""
     s = str(text)
-    return s if len(s) <= LOGGED_TEXT_CHARS else s[:LOGGED_TEXT_CHARS] + "..."
+    cut = s[:LOGGED_TEXT_CHARS]
+    return _CONTROL.sub(_escape, cut) + ("..." if len(s) > LOGGED_TEXT_CHARS else "")
 
 
 def parse_vector(
@@ -247,15 +277,15 @@ def parse_vector(
     if answer.status != "success":
         raise PrometheusError(
             "query_error",
-            f"Prometheus answered status {answer.status!r}: "
-            f"{answer.errorType or 'error'}: {_short(answer.error or '(no message)')}",
+            f"Prometheus answered status {_short(repr(answer.status))}: "
+            f"{_short(answer.errorType or 'error')}: {_short(answer.error or '(no message)')}",
         )
     if answer.data is None:
         raise PrometheusError("bad_response", "a success answer without 'data'")
     if answer.data.resultType != "vector":
         raise PrometheusError(
             "bad_response",
-            f"the query returns a {answer.data.resultType!r}, not an instant vector: "
+            f"the query returns a {_short(repr(answer.data.resultType))}, not an instant vector: "
             "it must return one series per node",
         )
     try:
@@ -291,7 +321,9 @@ def parse_vector(
             name = addr.get(address) or addr.get(_host(address))
             if name is None:
                 unmapped += 1
-                examples.setdefault("unmapped", f"instance {address!r} is not a known address")
+                examples.setdefault(
+                    "unmapped", f"instance {_short(repr(address))} is not a known address"
+                )
                 continue
         if name in samples or name in invalid:
             repeats[name] = repeats.get(name, 0) + 1
@@ -302,25 +334,31 @@ def parse_vector(
         try:
             v = float(text)
         except ValueError:
-            reject(name, "bad_value", f"node {name}: value {_short(text)!r} is not a number")
+            reject(
+                name,
+                "bad_value",
+                f"node {_short(name)}: value {_short(repr(text))} is not a number",
+            )
             continue
         if lo <= v <= hi and ts > 0:  # the common case first; NaN fails every comparison
             samples[name] = Sample(v, ts)
         elif not ts > 0:
-            reject(name, "bad_timestamp", f"node {name}: timestamp {ts}")
+            reject(name, "bad_timestamp", f"node {_short(name)}: timestamp {ts}")
         elif math.isnan(v):
-            reject(name, "nan", f"node {name}: value NaN")
+            reject(name, "nan", f"node {_short(name)}: value NaN")
         elif math.isinf(v):
-            reject(name, "infinite", f"node {name}: value {text}")
+            reject(name, "infinite", f"node {_short(name)}: value {_short(text)}")
         elif lo_cut <= v <= hi_cut:
             samples[name] = Sample(min(max(v, lo), hi), ts)
         else:
-            reject(name, "out_of_range", f"node {name}: value {v:g} outside [{lo:g}, {hi:g}]")
+            reject(
+                name, "out_of_range", f"node {_short(name)}: value {v:g} outside [{lo:g}, {hi:g}]"
+            )
 
     for name, extra in repeats.items():
         dropped = extra + (1 if samples.pop(name, None) is not None else 0)
         rejected["duplicate"] = rejected.get("duplicate", 0) + dropped
-        examples.setdefault("duplicate", f"node {name} appears {extra + 1} times")
+        examples.setdefault("duplicate", f"node {_short(name)} appears {extra + 1} times")
     return Vector(samples, len(series), rejected, unmapped, examples)
 
 
@@ -404,7 +442,8 @@ def _error_text(body: bytes) -> tuple[bool, str]:
     except msgspec.DecodeError:
         return False, _short(body.decode("utf-8", "replace").strip()) or "(empty body)"
     ours = answer.status == "error"
-    return ours, f"{answer.errorType or answer.status}: {_short(answer.error or '(no message)')}"
+    kind = _short(answer.errorType or answer.status)
+    return ours, f"{kind}: {_short(answer.error or '(no message)')}"
 
 
 async def _read_capped(resp: aiohttp.ClientResponse, limit: int, *, cut: bool = False) -> bytes:
@@ -439,6 +478,9 @@ class PrometheusSource:
     ``session`` is used and left open, else one is created and closed by :meth:`close`.
     """
 
+    name = "prometheus"
+    produces: frozenset[Produces] = frozenset({"nodes"})
+
     def __init__(
         self,
         store: SnapshotStore,
@@ -461,6 +503,7 @@ class PrometheusSource:
         self._lock = asyncio.Lock()
         self._parse_turn = asyncio.Lock()
         self._addresses: dict[str, str] = {}
+        self._unwatch: Callable[[], None] | None = None
         self._samples: dict[str, dict[str, Sample]] = {}
         """Signal to node to sample: the last usable answer of each signal's query."""
         self._problems: dict[str, str] = {}
@@ -480,14 +523,39 @@ class PrometheusSource:
         carry an ``instance`` label instead of the node label. Used from the next refresh."""
         self._addresses = dict(addresses or {})
 
+    @property
+    def addresses(self) -> Mapping[str, str]:
+        """The address map the next refresh uses (read-only: replace it with
+        :meth:`set_addresses`)."""
+        return MappingProxyType(self._addresses)
+
+    def follow(self, cluster: ClusterView) -> None:
+        """Take the address map from the cluster cache, now and whenever it changes, until
+        :meth:`close`."""
+        if self._unwatch is None:
+            self._unwatch = cluster.watch_addresses(self.set_addresses)
+
     async def __aenter__(self) -> PrometheusSource:
         return self
 
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
 
+    async def start(self) -> None:
+        """The first refresh, bounded by the query timeout plus :data:`STARTUP_MARGIN_S`; past
+        that, start-up goes on and :meth:`run` retries in the background."""
+        bound = self.settings.timeout + STARTUP_MARGIN_S
+        try:
+            await asyncio.wait_for(self.refresh(startup=True), bound)
+        except TimeoutError:
+            log.warning("prometheus: first refresh did not finish in time; retrying in background")
+
     async def close(self) -> None:
-        """Close the session this source created (a given session is the giver's to close)."""
+        """Stop following the cluster's addresses; close the session this source created (a
+        given session is the giver's to close). Safe to call twice."""
+        if self._unwatch is not None:
+            unwatch, self._unwatch = self._unwatch, None
+            unwatch()
         if self._own_session and self._session is not None:
             session, self._session = self._session, None
             await session.close()
@@ -605,7 +673,20 @@ class PrometheusSource:
     ) -> bytes:
         # Never send ``time``: Prometheus evaluates at its own now, whatever our clock says.
         params = {"query": promql, "timeout": f"{timeout:g}"}
-        async with asyncio.timeout(timeout), session.get(url, params=params) as resp:
+        # Redirects are not followed: the URL is the policy's, and a redirect (from a proxy, a
+        # login page, a hostile server) would send the query, and trust, to an address nobody
+        # configured. 3xx is a failure that names where it pointed.
+        async with (
+            asyncio.timeout(timeout),
+            session.get(url, params=params, allow_redirects=False) as resp,
+        ):
+            if 300 <= resp.status < 400:
+                where = resp.headers.get("Location")
+                raise PrometheusError(
+                    "redirected",
+                    f"HTTP {resp.status} redirect to {_short(repr(where)) if where else '(none)'}"
+                    " not followed: set metrics.prometheus.url to the address that answers",
+                )
             if resp.status != 200:
                 ours, text = _error_text(await _read_capped(resp, ERROR_BODY_BYTES, cut=True))
                 retry = _retry_after(resp.headers.get("Retry-After"))
@@ -717,6 +798,15 @@ class PrometheusSource:
             await self.close()
 
 
+def build(context: SourceContext) -> PrometheusSource:
+    """The ``prometheus`` source: metrics registered once per registry, and the instance
+    address map from the cluster cache when there is one."""
+    source = PrometheusSource(context.store, context.collectors.get(PrometheusSourceMetrics))
+    if context.cluster is not None:
+        source.follow(context.cluster)
+    return source
+
+
 __all__ = [
     "REASONS",
     "RESULTS",
@@ -724,5 +814,6 @@ __all__ = [
     "PrometheusSource",
     "PrometheusSourceMetrics",
     "Vector",
+    "build",
     "parse_vector",
 ]
