@@ -36,6 +36,14 @@ def render(summary: dict[str, Any], verb: str | None = None) -> str:
         lines.append(f"  tier: {summary['tier']}")
     if summary.get("fallback"):
         lines.append("  live data down or absent: request-based scoring, nothing rejected for load")
+    floor = summary.get("floor")
+    if floor:
+        kept = ", ".join(floor["kept"])
+        lines.append(f"  floor: every candidate was rejected; kept the least over: {kept}")
+    observed = summary.get("observed")
+    if observed:
+        would = sum(len(v) for v in observed["wouldReject"].values())
+        lines.append(f"  shadow mode (observe): not enforced; would have rejected {would} node(s)")
     est = summary["podEstimate"]
     lines.append(
         f"  pod estimate: cpu {est['cpu']:.3g} cores, memory {_bytes(est['memory'])}; "

@@ -6,15 +6,21 @@ handler reads ``store.current`` once and works on that object only, so a swap in
 request can never give it half of one snapshot and half of another.
 
 Everything here runs on the event loop thread; none of it awaits.
+
+The store also keeps each just-placed pod's **baseline**: the samples its node showed when the
+pod was first seen bound (before its usage could reach them). The snapshot uses it as evidence:
+whatever the node's sample has risen since is already in it (``core.unseen_usage``).
 """
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 from extender.core import NodeInfo, PlacedPod, Sample, Snapshot, build_snapshot
+from extender.core.model import Baseline
 from extender.policy import LoadedPolicy
 
 
@@ -33,6 +39,8 @@ class SnapshotStore:
         self._placements: Sequence[PlacedPod] = ()
         self._nodes_from_cluster = False
         self._source_ok_at: float | None = None
+        self._baselines: dict[str, Baseline] = {}
+        """Pod UID to its node's (cpu, memory) samples when the pod was first seen bound."""
         self.current: State = self._build()
 
     def _build(self) -> State:
@@ -45,6 +53,8 @@ class SnapshotStore:
             source_ok_at=self._source_ok_at,
             window_s=rules.estimation.window_s,
             now=self._clock(),
+            lag_s=rules.estimation.lag_s,
+            baselines=self._baselines,
         )
         return State(snapshot=snap, policy=self._policy)
 
@@ -67,6 +77,7 @@ class SnapshotStore:
         """A successful refresh of the live source, observed as of ``ok_at``."""
         self._samples = samples
         self._source_ok_at = ok_at
+        self._stamp_baselines()
         self._swap()
 
     def set_static(
@@ -82,7 +93,30 @@ class SnapshotStore:
 
     def set_placements(self, placements: Sequence[PlacedPod]) -> None:
         self._placements = tuple(placements)
+        self._stamp_baselines()
         self._swap()
+
+    def _stamp_baselines(self) -> None:
+        """Record the node's current samples for each newly seen placed pod; forget pods that
+        are no longer placed. A pod whose node has no sample yet is stamped at the first one
+        (later is the safe side: a later baseline can only hide less)."""
+        keep: dict[str, Baseline] = {}
+        old = self._baselines
+        for pod in self._placements:
+            if not pod.uid:
+                continue
+            got = old.get(pod.uid)
+            if got is None:
+                per_signal = self._samples.get(pod.node, {})
+                cpu, mem = per_signal.get("cpu"), per_signal.get("memory")
+                if cpu is None and mem is None:
+                    continue
+                got = (
+                    math.nan if cpu is None else cpu.value,
+                    math.nan if mem is None else mem.value,
+                )
+            keep[pod.uid] = got
+        self._baselines = keep
 
     def set_cluster(self, nodes: Sequence[NodeInfo], placements: Sequence[PlacedPod]) -> None:
         """Nodes (request totals filled) and recently bound pods from the cluster cache, in one
@@ -90,4 +124,5 @@ class SnapshotStore:
         self._nodes_from_cluster = True
         self._nodes = tuple(nodes)
         self._placements = tuple(placements)
+        self._stamp_baselines()
         self._swap()

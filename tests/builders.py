@@ -68,6 +68,8 @@ def tier(
     on_stale: OnStale = OnStale.ALLOW,
     target: float = 0.6,
     match: TierMatch | None = None,
+    floor_keep: int = 0,
+    observe: bool = False,
 ) -> Tier:
     return Tier(
         name=name,
@@ -77,6 +79,8 @@ def tier(
         weights=dict(weights if weights is not None else {"cpu": 1.0, "memory": 1.0}),
         target=target,
         on_stale=on_stale,
+        floor_keep=floor_keep,
+        observe=observe,
     )
 
 
@@ -95,6 +99,8 @@ def snapshot(
     placements: list[PlacedPod] | None = None,
     source_ok_at: float | None = NOW,
     window_s: float = 90.0,
+    lag_s: float = 0.0,
+    baselines: Mapping[str, tuple[float, float]] | None = None,
 ) -> Snapshot:
     """Nodes named in ``loads`` with (cpu, memory) samples observed ``age`` seconds before now."""
     samples = {
@@ -113,4 +119,6 @@ def snapshot(
         source_ok_at=source_ok_at,
         window_s=window_s,
         now=now,
+        lag_s=lag_s,
+        baselines=baselines,
     )

@@ -94,7 +94,7 @@ def test_pods_of_one_shape_share_a_sizing():
     assert [p.cpu for p in (*same, other, over)] == [1.0, 1.0, 2.0, 1.25]
     assert over is not None
     assert (over.request_mcpu, over.request_memory) == (1250, 1 * GiB + 64 * 2**20)
-    assert len(decoder._sizings) == 3  # a, b share one
+    assert decoder.shapes == 3  # a, b share one
 
 
 def test_malformed_objects_name_the_problem():
@@ -183,12 +183,12 @@ def test_placements_hold_recent_pods_only():
         uid, _, rec = _pod(name, "a", at=at)
         cache.put_pod(uid, rec)
     assert cache.placements(NOW) == [
-        PlacedPod("a", 0.5, 1 * GiB, NOW - 5),
-        PlacedPod("a", 0.5, 1 * GiB, NOW - 90),
+        PlacedPod("a", 0.5, 1 * GiB, NOW - 5, "uid-default-new"),
+        PlacedPod("a", 0.5, 1 * GiB, NOW - 90, "uid-default-edge"),
     ]
     assert not cache.expiring(NOW)
     assert cache.expiring(NOW + 1)
-    assert cache.placements(NOW + 1) == [PlacedPod("a", 0.5, 1 * GiB, NOW - 5)]
+    assert cache.placements(NOW + 1) == [PlacedPod("a", 0.5, 1 * GiB, NOW - 5, "uid-default-new")]
     cache.put_pod("uid-default-new", None)  # finished or deleted: stops counting
     assert cache.placements(NOW + 1) == []
     assert len(cache.pods) == 2  # still bound: their requests count

@@ -177,10 +177,12 @@ def test_just_placed_pods_count_until_metrics_see_them():
     assert ev.keep.tolist() == [False, True]
 
 
-def test_just_placed_window_counts_pods_bound_before_the_sample():
+def test_just_placed_pods_fade_as_their_node_sample_ages_past_the_bind():
+    """Bound 60 s before now, sampled 5 s before now: the sample is 55 s younger than the bind.
+    With no lag and a 90 s window, 55/90 of the estimate is in it; with 30 s, all of it."""
     placements = [PlacedPod("a", cpu=1.0, memory=0, bound_at=NOW - 60)]
     snap = snapshot({"a": (0.3, 0.1)}, placements=placements, window_s=90)
-    assert snap.placed[0, 0] == 1.0
+    assert snap.placed[0, 0] == pytest.approx(1.0 - 55 / 90)
     snap = snapshot({"a": (0.3, 0.1)}, placements=placements, window_s=30)
     assert snap.placed[0, 0] == 0.0
 
@@ -255,12 +257,20 @@ def test_source_down_longer_than_max_age_falls_back_to_requests():
     snap = snapshot(
         {"a": (0.05, 0.1), "b": (0.99, 0.99)}, nodes=nodes, age=600, source_ok_at=NOW - 600
     )
-    r = rules(tier(ceilings={"cpu": 0.5}, on_stale=OnStale.REJECT, weights={"cpu": 1}))
+    r = rules(tier(ceilings={"cpu": 0.5}, on_stale=OnStale.ALLOW, weights={"cpu": 1}))
     ev = run(pod(cpu=0.5, memory=0), snap, r)
     assert ev.fallback
-    assert ev.keep.tolist() == [True, True]  # no live filtering, and onStale does not apply
+    assert ev.keep.tolist() == [True, True]  # no live filtering
     # requests: a (3 + .5)/4 = 0.875 -> 1.25 ; b (0.5 + .5)/4 = 0.25 -> 7.5
     assert ev.scores.tolist() == [1, 8]
+    # A tier that never guesses waits for the source instead (and says why).
+    r = rules(tier(ceilings={"cpu": 0.5}, on_stale=OnStale.REJECT, weights={"cpu": 1}))
+    ev = run(pod(cpu=0.5, memory=0), snap, r)
+    assert ev.keep.tolist() == [False, False]
+    assert ev.failed() == {"a": REASON_STALE, "b": REASON_STALE}
+    # ... unless there is no live source by design (metrics.source: none).
+    r = replace(r, live_source=False)
+    assert run(pod(cpu=0.5, memory=0), snap, r).keep.tolist() == [True, True]
 
 
 def test_no_live_source_is_fallback():

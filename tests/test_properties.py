@@ -17,6 +17,7 @@ from extender.core import (
     PodInfo,
     Sample,
     Strategy,
+    assess_all,
     build_snapshot,
     evaluate,
 )
@@ -76,6 +77,8 @@ def scenarios(draw):
         ),
         on_stale=draw(st.sampled_from(list(OnStale))),
         target=draw(st.floats(0.05, 0.95)),
+        floor_keep=draw(st.integers(0, 3)),
+        observe=draw(st.booleans()),
     )
     pod = PodInfo(
         "ns",
@@ -124,8 +127,34 @@ def test_reply_invariants(scenario):
 
 @settings(max_examples=100, deadline=None)
 @given(scenarios())
-def test_fallback_never_rejects(scenario):
+def test_fallback_never_rejects_for_load(scenario):
+    """A source outage rejects nothing for load; only a tier that never guesses (onStale:
+    reject) waits, every node marked stale."""
     pod, snap, candidates, r = scenario
     ev = evaluate(pod, Candidates(candidates), snap, r, NOW)
     if ev.fallback:
-        assert bool(np.all(ev.keep))
+        assert not bool(np.any(ev.reason_codes > 0))
+        if ev.tier is not None and ev.tier.on_stale is OnStale.REJECT and r.live_source:
+            assert not bool(np.any(ev.keep)) or ev.floor_applied()
+        else:
+            assert bool(np.all(ev.keep))
+
+
+@settings(max_examples=300, deadline=None)
+@given(scenarios(), st.floats(min_value=-200, max_value=400))
+def test_a_decision_gathered_from_the_whole_snapshot_is_the_decision(scenario, later):
+    """One pod kind assessed over every column once, then gathered per request (the verbs'
+    cache), gives exactly what a per-request evaluation gives, explanations included, for any
+    ``now`` the assessment says it is valid at."""
+    pod, snap, candidates, r = scenario
+    whole = assess_all(pod, snap, r, NOW)
+    now = NOW + later
+    direct = evaluate(pod, Candidates(candidates), snap, r, now)
+    gathered = evaluate(pod, Candidates(candidates), snap, r, now, whole)
+    if whole.valid_from <= now < whole.valid_until:
+        for i in range(len(candidates)):
+            assert json.dumps(gathered.explain(i)) == json.dumps(direct.explain(i))
+        assert gathered.failed() == direct.failed()
+        assert gathered.scores.tolist() == direct.scores.tolist()
+    else:  # outside its span the assessment is not used
+        assert gathered.fresh.tolist() == direct.fresh.tolist()

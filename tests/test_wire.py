@@ -7,7 +7,7 @@ import json
 import msgspec
 import pytest
 
-from extender.core import Candidates, empty_snapshot, evaluate
+from extender.core import REASON_STALE, Candidates, empty_snapshot, evaluate
 from extender.policy import embedded_default
 from extender.wire import (
     WireError,
@@ -96,7 +96,11 @@ def test_decision_on_fixture_with_the_embedded_policy():
     assert ev.tier is not None
     assert ev.tier.name == "batch"  # priority 100, class batch-low
     reply = json.loads(encode_filter(args, ev))
-    assert len(reply["Nodes"]["items"]) == 20  # no live data: fallback keeps every node
+    # No live data yet: fallback rejects nothing for load, but batch says onStale: reject, so
+    # it waits for the live source rather than being placed by requests.
+    assert reply["Nodes"]["items"] == []
+    assert set(reply["FailedAndUnresolvableNodes"].values()) == {REASON_STALE}
+    assert len(reply["FailedAndUnresolvableNodes"]) == 20
 
 
 def test_priorities_exact_shape():

@@ -58,6 +58,8 @@ class ClusterCache:
         self._infos: dict[str, NodeInfo] = {}
         self._dirty: set[str] = set()
         self._by_address: dict[str, str] = {}
+        self.addresses_version = 0
+        """Incremented whenever the address map changes (see :meth:`addresses`)."""
 
     # --- nodes ----------------------------------------------------------------------------------
 
@@ -65,24 +67,31 @@ class ClusterCache:
         old = self.nodes.get(name)
         if record is not None and old == record:
             return
-        if old is not None:
-            for address in old.addresses:
+        if record is None and old is None:
+            return
+        old_addresses = old.addresses if old is not None else ()
+        new_addresses = record.addresses if record is not None else ()
+        if old_addresses != new_addresses:
+            for address in old_addresses:
                 if self._by_address.get(address) == name:
                     del self._by_address[address]
+            for address in new_addresses:
+                self._by_address[address] = name
+            self.addresses_version += 1
         if record is None:
-            if old is None:
-                return
             del self.nodes[name]
         else:
             self.nodes[name] = record
-            for address in record.addresses:
-                self._by_address[address] = name
         self._dirty.add(name)
         self._touch()
 
     def node_for_address(self, address: str) -> str | None:
         """The node that lists ``address`` (an InternalIP, a hostname) in its status."""
         return self._by_address.get(address)
+
+    def addresses(self) -> dict[str, str]:
+        """A copy of the map of every node address (InternalIP, Hostname, ...) to its node."""
+        return dict(self._by_address)
 
     # --- pods -----------------------------------------------------------------------------------
 
@@ -186,7 +195,9 @@ class ClusterCache:
         expired = [uid for uid, p in self._recent.items() if p.bound_at < after]
         for uid in expired:
             del self._recent[uid]
-        return [PlacedPod(p.node, p.cpu, p.memory, p.bound_at) for p in self._recent.values()]
+        return [
+            PlacedPod(p.node, p.cpu, p.memory, p.bound_at, p.uid) for p in self._recent.values()
+        ]
 
     def expiring(self, now: float) -> bool:
         """Whether some recent pod has left the horizon (a publication would drop it)."""

@@ -375,6 +375,11 @@ class PodDecoder:
         self.est = est
         self._sizings: dict[_Shape, _Sizing] = {}
 
+    @property
+    def shapes(self) -> int:
+        """Distinct resource shapes remembered (pods of one workload share one)."""
+        return len(self._sizings)
+
     def decode(self, raw: msgspec.Raw | bytes) -> tuple[str, str, PodRecord | None]:
         """(uid, resourceVersion, record); the record is None for a pod that holds no node
         resources (not bound, or finished). Raises :class:`DecodeError` naming the problem."""

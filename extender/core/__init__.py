@@ -6,11 +6,14 @@ Everything here is a function of its arguments; the current time is passed in as
 from extender.core.decide import (
     MAX_SCORE,
     REASON_STALE,
+    Assessment,
     Candidates,
     Evaluation,
+    assess_all,
     bypass_reason,
     evaluate,
     live_reason,
+    pod_class,
     tier_for,
 )
 from extender.core.explain import (
@@ -58,6 +61,7 @@ __all__ = [
     "MAX_SCORE",
     "REASON_STALE",
     "RESOURCES",
+    "Assessment",
     "Bypass",
     "Candidates",
     "ContainerResources",
@@ -82,6 +86,7 @@ __all__ = [
     "Tier",
     "TierMatch",
     "Victim",
+    "assess_all",
     "build_snapshot",
     "bypass_reason",
     "decide_preemption",
@@ -90,6 +95,7 @@ __all__ = [
     "evaluate",
     "live_reason",
     "parse_quantity",
+    "pod_class",
     "pod_footprint",
     "pod_requests",
     "snapshot_from_dict",

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -104,10 +104,20 @@ class Evaluation:
     names: Sequence[str]
     fallback: bool
     """True when the live source is down or absent and request-based scoring applies."""
+    observed: bool
+    """Shadow mode: ``keep`` and ``scores`` are the pass-through answer; ``verdict_*`` is what
+    the policy decided, recorded and exported but not enforced."""
     keep: BoolArray
+    """What is answered: the verdict, or every node in shadow mode."""
     reason_codes: npt.NDArray[np.int64]
-    """0 kept; -1 stale; otherwise a bit mask of the signals above their ceiling, plus 1."""
+    """0 within the ceilings; -1 stale; otherwise a bit mask of the signals above their
+    ceiling, plus 1. A node kept by the floor keeps its code (explain shows both)."""
+    floored: BoolArray
+    """Nodes kept by the tier's floor although rejected: every candidate was."""
     scores: IntArray
+    """What is answered: the verdict's scores, or neutral ones in shadow mode."""
+    verdict_keep: BoolArray
+    verdict_scores: IntArray
     # Inputs and intermediate values, for explanations.
     signals: tuple[str, ...]
     columns: IndexArray
@@ -124,27 +134,40 @@ class Evaluation:
     raw_scores: FloatArray
 
     def reason(self, i: int) -> str | None:
+        """Why node ``i`` is (or, in shadow mode or under the floor, would be) rejected."""
         code = int(self.reason_codes[i])
+        return None if code == 0 else self._reason_text(code)
+
+    def failed(self) -> dict[str, str]:
+        """Rejected node name to reason (all are unresolvable, see the module docstring)."""
+        rejected = np.flatnonzero(~self.keep)
+        if not len(rejected):
+            return {}
+        codes = self.reason_codes[rejected]
+        names = self.names
+        first = int(codes[0])
+        if (codes == first).all():  # the usual case: one reason for every rejected node
+            text = self._reason_text(first)
+            return dict.fromkeys(map(names.__getitem__, rejected.tolist()), text)
+        texts = {int(c): self._reason_text(int(c)) for c in np.unique(codes).tolist()}
+        return {names[i]: texts[c] for i, c in zip(rejected.tolist(), codes.tolist(), strict=True)}
+
+    def _reason_text(self, code: int) -> str:
         if code == 0:
-            return None
+            return ""
         if code == -1:
             return REASON_STALE
         assert self.tier is not None
         over = [s for bit, s in enumerate(self.signals) if (code - 1) >> bit & 1]
         return live_reason(over, self.tier.name)
 
-    def failed(self) -> dict[str, str]:
-        """Rejected node name to reason (all are unresolvable, see the module docstring)."""
-        rejected = np.flatnonzero(~self.keep)
-        cache: dict[int, str] = {}
-        out: dict[str, str] = {}
-        for i in rejected.tolist():
-            code = int(self.reason_codes[i])
-            text = cache.get(code)
-            if text is None:
-                text = cache[code] = self.reason(i) or ""
-            out[self.names[i]] = text
-        return out
+    def floor_applied(self) -> bool:
+        """Every candidate was rejected and the tier's floor kept some."""
+        return bool(self.floored.any())
+
+    def rejected_everywhere(self) -> bool:
+        """The verdict keeps no candidate (the pod waits, unless shadow mode passes it)."""
+        return len(self.names) > 0 and not bool(self.verdict_keep.any())
 
     def kept(self) -> list[int]:
         kept: list[int] = np.flatnonzero(self.keep).tolist()
@@ -177,6 +200,9 @@ class Evaluation:
             "score": int(self.scores[i]),
             "kept": bool(self.keep[i]),
             "reason": self.reason(i),
+            "keptByFloor": bool(self.floored[i]),
+            "observed": self.observed,
+            "verdict": {"kept": bool(self.verdict_keep[i]), "score": int(self.verdict_scores[i])},
         }
 
 
@@ -214,38 +240,151 @@ def _combine(tier: Tier, parts: FloatArray, weights: FloatArray, neutral: float)
     return np.where(total > 0, mean, neutral)
 
 
+@dataclass(frozen=True, slots=True)
+class Assessment:
+    """One kind of pod judged over a set of snapshot columns: every array of the decision but
+    the per-request finish (the floor, shadow mode). Built for a request's candidates, or once
+    over every column of a snapshot and then gathered for each request (:func:`assess_all`),
+    which is how one pod shape pays the array work once per snapshot rather than per call.
+    Elementwise work gives the same values either way, so a gathered decision is the decision.
+    """
+
+    tier: Tier | None
+    bypass: str | None
+    estimate: tuple[float, float]
+    fallback: bool
+    cols: IndexArray
+    """Snapshot columns of the rows below (-1: the unknown column)."""
+    values: FloatArray
+    sampled_at: FloatArray
+    fresh: BoolArray
+    allocatable: FloatArray
+    placed: FloatArray
+    projection: FloatArray
+    usage: FloatArray
+    codes: npt.NDArray[np.int64]
+    raw: FloatArray
+    scores: IntArray
+    valid_from: float
+    valid_until: float
+    """The verdicts hold for any ``now`` in ``[valid_from, valid_until)``: no sample changes
+    freshness and the source does not go down in between (only ages move)."""
+
+    def take(self, idx: IndexArray) -> Assessment:
+        """The rows at positions ``idx`` (into this assessment's columns)."""
+        return Assessment(
+            tier=self.tier,
+            bypass=self.bypass,
+            estimate=self.estimate,
+            fallback=self.fallback,
+            cols=self.cols[idx],
+            values=self.values[:, idx],
+            sampled_at=self.sampled_at[:, idx],
+            fresh=self.fresh[:, idx],
+            allocatable=self.allocatable[:, idx],
+            placed=self.placed[:, idx],
+            projection=self.projection[:, idx],
+            usage=self.usage[:, idx],
+            codes=self.codes[idx],
+            raw=self.raw[idx],
+            scores=self.scores[idx],
+            valid_from=self.valid_from,
+            valid_until=self.valid_until,
+        )
+
+
+def pod_class(pod: PodInfo, rules: Rules) -> tuple[str | None, Tier | None, tuple[float, float]]:
+    """What a decision depends on of the pod: (bypass reason, tier, estimate). Pods that agree
+    on these get the same verdict on every node."""
+    bypass = bypass_reason(pod, rules)
+    tier = None if bypass is not None else tier_for(pod, rules)
+    return bypass, tier, estimate_pod(pod, rules.estimation)
+
+
+def assess_all(pod: PodInfo, snap: Snapshot, rules: Rules, now: float) -> Assessment:
+    """``pod``'s kind over every column of ``snap`` (the unknown column last)."""
+    cols = np.arange(len(snap.names) + 1, dtype=np.intp)
+    with np.errstate(all="ignore"):
+        return _assess(pod, cols, snap, rules, now, None, None)
+
+
 def evaluate(
-    pod: PodInfo, candidates: Candidates, snap: Snapshot, rules: Rules, now: float
+    pod: PodInfo,
+    candidates: Candidates,
+    snap: Snapshot,
+    rules: Rules,
+    now: float,
+    whole: Assessment | None = None,
 ) -> Evaluation:
-    """Decide every candidate for ``pod`` against ``snap`` under ``rules`` at time ``now``."""
+    """Decide every candidate for ``pod`` against ``snap`` under ``rules`` at time ``now``.
+
+    ``whole``, an :func:`assess_all` of the same pod kind, snapshot and rules valid at ``now``,
+    is gathered instead of computing again; it is ignored when the request brings its own
+    allocatable (full Node objects) or frees usage (preemption).
+    """
+    cols = snap.lookup(candidates.names)
     # NaN marks missing data throughout; the arithmetic on it is expected, not an error.
     with np.errstate(all="ignore"):
-        return _evaluate(pod, candidates, snap, rules, now)
+        if (
+            whole is not None
+            and candidates.allocatable is None
+            and candidates.freed is None
+            and whole.valid_from <= now < whole.valid_until
+        ):
+            part = whole.take(np.where(cols < 0, len(snap.names), cols))
+            part = replace(part, cols=cols)
+        else:
+            part = _assess(pod, cols, snap, rules, now, candidates.allocatable, candidates.freed)
+        return _finish(pod, candidates, part, rules, now, snap.signals)
 
 
-def _evaluate(
-    pod: PodInfo, candidates: Candidates, snap: Snapshot, rules: Rules, now: float
-) -> Evaluation:
-    names = candidates.names
-    count = len(names)
-    cols = snap.lookup(names)
+def _validity(
+    sampled_at: FloatArray, fresh: BoolArray, source_ok_at: float | None, rules: Rules, now: float
+) -> tuple[float, float]:
+    """The span around ``now`` in which no freshness changes and the source stays up or down."""
+    max_age = rules.max_age_s
+    ends = [math.inf]
+    finite = sampled_at[np.isfinite(sampled_at)]
+    if finite.size:
+        stale_at = finite[fresh[np.isfinite(sampled_at)]] + max_age
+        if stale_at.size:
+            ends.append(float(stale_at.min()))
+        future = finite - max_age
+        future = future[future > now]
+        if future.size:
+            ends.append(float(future.min()))
+    if source_ok_at is not None and now - source_ok_at <= max_age:
+        ends.append(source_ok_at + max_age)
+    return now, min(ends)
+
+
+def _assess(
+    pod: PodInfo,
+    cols: IndexArray,
+    snap: Snapshot,
+    rules: Rules,
+    now: float,
+    allocatable: FloatArray | None,
+    freed: FloatArray | None,
+) -> Assessment:
+    count = len(cols)
     signals = snap.signals
     nsig = len(signals)
     values, sampled_at, alloc, requested, placed = snap.gather(cols)
     ages = now - sampled_at
     fresh = np.abs(ages) <= rules.max_age_s  # False where there is no sample (NaN)
-    if candidates.allocatable is not None:
-        alloc = np.where(np.isnan(candidates.allocatable), alloc, candidates.allocatable)
-    estimate = estimate_pod(pod, rules.estimation)
-    delta = placed + np.array(estimate)[:, None]
-    if candidates.freed is not None:
-        delta = delta - candidates.freed
+    if allocatable is not None:
+        alloc = np.where(np.isnan(allocatable), alloc, allocatable)
+    bypass, tier, estimate = pod_class(pod, rules)
+    incoming = np.array(estimate)[:, None]
+    if freed is not None:
+        incoming = incoming - freed
     known_alloc = alloc > 0
-    added = np.where(known_alloc, delta / alloc, 0.0)
+    added = np.where(known_alloc, (placed + incoming) / alloc, 0.0)
     projection = values.copy()
-    for r, resource in enumerate(RESOURCES):
-        if resource in signals:
-            projection[signals.index(resource)] += added[r]
+    resource_rows = [(r, signals.index(res)) for r, res in enumerate(RESOURCES) if res in signals]
+    for r, row in resource_rows:
+        projection[row] += added[r]
 
     def by_requests() -> FloatArray:
         """Request-based utilization per signal row (NaN for non-resource signals).
@@ -253,110 +392,147 @@ def _evaluate(
         ``requested`` already sums every bound pod, just-placed ones included: only the
         incoming pod (less any preemption victims) is added.
         """
-        incoming = np.array(estimate)[:, None]
-        if candidates.freed is not None:
-            incoming = incoming - candidates.freed
         ratio = np.where(known_alloc, (requested + incoming) / alloc, np.nan)
         out = np.full((nsig, count), np.nan)
-        for r, resource in enumerate(RESOURCES):
-            if resource in signals:
-                out[signals.index(resource)] = ratio[r]
+        for r, row in resource_rows:
+            out[row] = ratio[r]
         return out
 
-    bypass = bypass_reason(pod, rules)
-    tier = None if bypass is not None else tier_for(pod, rules)
     neutral = float(rules.neutral_score)
     fallback = snap.source_ok_at is None or now - snap.source_ok_at > rules.max_age_s
+    codes = np.zeros(count, dtype=np.int64)
 
     if tier is None:
-        empty = np.zeros(nsig)
-        return Evaluation(
-            pod=pod,
-            tier=None,
-            bypass=bypass,
-            names=names,
-            fallback=fallback,
-            keep=np.ones(count, dtype=bool),
-            reason_codes=np.zeros(count, dtype=np.int64),
-            scores=np.full(count, rules.neutral_score, dtype=np.int64),
-            signals=signals,
-            columns=cols,
-            values=values,
-            ages=ages,
-            fresh=fresh,
-            allocatable=alloc,
-            placed=placed,
-            estimate=estimate,
-            projection=projection,
-            usage=np.full((nsig, count), np.nan),
-            ceilings=np.full(nsig, np.inf),
-            weights=empty,
-            raw_scores=np.full(count, neutral),
-        )
-
-    ceilings = np.array([tier.ceilings.get(s, math.inf) for s in signals], dtype=np.float64)
-    weights = np.array([tier.weights.get(s, 0.0) for s in signals], dtype=np.float64)
-    needed = np.isfinite(ceilings) | (weights > 0)
-
-    if fallback:
-        codes = np.zeros(count, dtype=np.int64)
-        usage = by_requests()
-        stale: BoolArray = np.zeros(count, dtype=bool)
+        usage = np.full((nsig, count), np.nan)
+        raw = np.full(count, neutral)
     else:
-        over = fresh & (projection > ceilings[:, None])
-        # Row loops, not axis reductions: there are a handful of signals and thousands of nodes.
-        over_mask = np.zeros(count, dtype=np.int64)
-        stale = np.zeros(count, dtype=bool)
-        for row in range(nsig):
-            over_mask |= over[row].astype(np.int64) << row
-            if needed[row]:
+        vec = rules.vectors[tier.name]
+        stale: BoolArray = np.zeros(count, dtype=bool)
+        if fallback:
+            # The whole source is down: nothing is rejected for load, scores come from requests,
+            # and a tier that never guesses (onStale: reject) waits for data to return.
+            usage = by_requests()
+            if tier.on_stale is OnStale.REJECT and rules.live_source:
+                stale = np.ones(count, dtype=bool)
+                codes[:] = -1
+        else:
+            over = fresh & (projection > vec.ceilings_col)
+            # Row loops, not axis reductions: a handful of signals and thousands of nodes.
+            over_mask = np.zeros(count, dtype=np.int64)
+            for row in vec.ceiling_rows:
+                over_mask |= over[row].astype(np.int64) << row
+            for row in vec.needed_rows:
                 stale |= ~fresh[row]
-        codes = np.where(over_mask > 0, over_mask + 1, 0)
-        if tier.on_stale is OnStale.REJECT:
-            codes = np.where((codes == 0) & stale, -1, codes)
-        usage = np.where(fresh, projection, np.nan)
-        if tier.on_stale is OnStale.ALLOW and stale.any():
-            usage = np.where(fresh, usage, by_requests())
-
-    u = np.minimum(np.maximum(usage, 0.0), 1.0)  # NaN stays NaN (unknown)
-    raw = _combine(tier, _strategy_parts(tier, u), weights, neutral)
-    if tier.on_stale is OnStale.NEUTRAL and not fallback:
-        raw = np.where(stale, neutral, raw)
+            codes = np.where(over_mask > 0, over_mask + 1, 0)
+            if tier.on_stale is OnStale.REJECT:
+                codes = np.where((codes == 0) & stale, -1, codes)
+            usage = np.where(fresh, projection, np.nan)
+            if tier.on_stale is OnStale.ALLOW and stale.any():
+                usage = np.where(fresh, usage, by_requests())
+        u = np.minimum(np.maximum(usage, 0.0), 1.0)  # NaN stays NaN (unknown)
+        raw = _combine(tier, _strategy_parts(tier, u), vec.weights, neutral)
+        if tier.on_stale is OnStale.NEUTRAL and not fallback:
+            raw = np.where(stale, neutral, raw)
     # Round half up; raw is in 0..10 so truncating raw + 0.5 is the floor.
     scores = np.minimum(np.maximum(raw + 0.5, 0.0), MAX_SCORE).astype(np.int64)
-
-    return Evaluation(
-        pod=pod,
+    valid_from, valid_until = _validity(sampled_at, fresh, snap.source_ok_at, rules, now)
+    return Assessment(
         tier=tier,
-        bypass=None,
-        names=names,
+        bypass=bypass,
+        estimate=estimate,
         fallback=fallback,
-        keep=codes == 0,
-        reason_codes=codes,
-        scores=scores,
-        signals=signals,
-        columns=cols,
+        cols=cols,
         values=values,
-        ages=ages,
+        sampled_at=sampled_at,
         fresh=fresh,
         allocatable=alloc,
         placed=placed,
-        estimate=estimate,
         projection=projection,
         usage=usage,
+        codes=codes,
+        raw=raw,
+        scores=scores,
+        valid_from=valid_from,
+        valid_until=valid_until,
+    )
+
+
+def _finish(
+    pod: PodInfo,
+    candidates: Candidates,
+    a: Assessment,
+    rules: Rules,
+    now: float,
+    signals: tuple[str, ...],
+) -> Evaluation:
+    """The per-request part: the floor (it depends on the whole candidate set) and shadow mode."""
+    tier = a.tier
+    count = len(a.cols)
+    if tier is None:
+        ceilings, weights = np.full(len(signals), np.inf), np.zeros(len(signals))
+    else:
+        vec = rules.vectors[tier.name]
+        ceilings, weights = vec.ceilings, vec.weights
+    floored: BoolArray = np.zeros(count, dtype=bool)
+    passing = a.codes == 0
+    if tier is not None and tier.floor_keep > 0 and count and not passing.any():
+        floored = _floor(tier.floor_keep, a.projection, a.fresh, ceilings, a.raw)
+    verdict_keep = passing | floored
+    observed = tier is not None and tier.observe
+    return Evaluation(
+        pod=pod,
+        tier=tier,
+        bypass=a.bypass,
+        names=candidates.names,
+        fallback=a.fallback,
+        observed=observed,
+        keep=np.ones(count, dtype=bool) if observed else verdict_keep,
+        reason_codes=a.codes,
+        floored=floored,
+        scores=np.full(count, rules.neutral_score, dtype=np.int64) if observed else a.scores,
+        verdict_keep=verdict_keep,
+        verdict_scores=a.scores,
+        signals=signals,
+        columns=a.cols,
+        values=a.values,
+        ages=now - a.sampled_at,
+        fresh=a.fresh,
+        allocatable=a.allocatable,
+        placed=a.placed,
+        estimate=a.estimate,
+        projection=a.projection,
+        usage=a.usage,
         ceilings=ceilings,
         weights=weights,
-        raw_scores=raw,
+        raw_scores=a.raw,
     )
+
+
+def _floor(
+    keep: int, projection: FloatArray, fresh: BoolArray, ceilings: FloatArray, raw: FloatArray
+) -> BoolArray:
+    """The ``keep`` candidates least over their ceilings (by the worst signal; nodes without
+    fresh data last), the better score first among equals."""
+    with np.errstate(invalid="ignore"):
+        excess = np.where(fresh, projection - ceilings[:, None], np.nan)
+    worst = np.max(np.where(np.isnan(excess), -np.inf, excess), axis=0)
+    worst = np.where(np.isnan(excess).all(axis=0), np.inf, worst)
+    order = np.lexsort((-raw, worst))
+    out = np.zeros(len(raw), dtype=bool)
+    out[order[:keep]] = True
+    return out
 
 
 __all__ = [
     "MAX_SCORE",
     "REASON_STALE",
+    "Assessment",
     "Candidates",
     "Evaluation",
+    "assess_all",
     "bypass_reason",
     "evaluate",
     "live_reason",
+    "pod_class",
     "tier_for",
 ]

@@ -48,7 +48,33 @@ def summarize(evaluation: Evaluation, top: int | None = 5) -> dict[str, Any]:
         "candidates": len(ev.names),
         "ranking": [{"node": ev.names[i], "score": int(ev.scores[i])} for i in order],
         "rejected": rejected,
+        "floor": _floor_note(ev),
+        "observed": _observed(ev) if ev.observed else None,
         "details": [ev.explain(i) for i in chosen],
+    }
+
+
+def _floor_note(ev: Evaluation) -> dict[str, Any] | None:
+    """Set when every candidate was rejected and the tier's floor kept some anyway."""
+    if not ev.floor_applied():
+        return None
+    kept = [int(i) for i in np.flatnonzero(ev.floored)]
+    return {
+        "reason": "every candidate is rejected for this tier; its floor keeps the least over "
+        "their ceilings",
+        "kept": {ev.names[i]: ev.reason(i) for i in kept},
+    }
+
+
+def _observed(ev: Evaluation) -> dict[str, Any]:
+    """Shadow mode: what the policy would have answered (every node was kept, scores neutral)."""
+    would: dict[str, list[str]] = {}
+    for i in np.flatnonzero(~ev.verdict_keep).tolist():
+        would.setdefault(ev.reason(i) or "", []).append(ev.names[i])
+    return {
+        "note": "shadow mode (observe): this decision was recorded, not enforced",
+        "wouldReject": would,
+        "wouldScore": {ev.names[i]: int(ev.verdict_scores[i]) for i in range(len(ev.names))},
     }
 
 

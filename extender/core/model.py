@@ -81,6 +81,13 @@ class PlacedPod:
     cpu: float
     memory: float
     bound_at: float
+    uid: str = ""
+    """Keys the pod's baseline (see :func:`build_snapshot`); empty: no evidence is used."""
+
+
+Baseline = tuple[float, float]
+"""A node's (cpu, memory) samples as the pod was first seen bound: what its node showed before
+the pod's usage could; NaN where there was no sample."""
 
 
 def _container_estimate(
@@ -214,6 +221,63 @@ def empty_snapshot(signals: Sequence[str] = RESOURCES, now: float = 0.0) -> Snap
     return build_snapshot([], {}, [], signals=signals, source_ok_at=None, window_s=0.0, now=now)
 
 
+def visible_fraction(age_at_sample: float, lag_s: float, window_s: float) -> float:
+    """How much of a pod's usage its node's sample shows, ``age_at_sample`` after the bind.
+
+    Nothing until ``lag_s`` (the container starts, a scrape and a rule evaluation take it in),
+    then linearly more until all of it at ``window_s``: a ``rate()`` over a window takes in a
+    step change linearly across that window. A sample older than the bind (negative age) or
+    missing (NaN) shows nothing.
+    """
+    if not age_at_sample > lag_s:  # NaN compares False: nothing shown
+        return 0.0
+    ramp = window_s - lag_s
+    if ramp <= 0 or age_at_sample >= window_s:
+        return 1.0
+    return (age_at_sample - lag_s) / ramp
+
+
+def unseen_usage(
+    estimates: Sequence[float],
+    bound_at: Sequence[float],
+    baselines: Sequence[float],
+    sampled_at: float,
+    sample: float,
+    allocatable: float,
+    lag_s: float,
+    window_s: float,
+) -> float:
+    """The usage of one node's placed pods (one resource, absolute units) its sample does not
+    show yet. Pods in bind order; ``baselines`` are the node's samples (utilization) as each pod
+    was first seen bound, NaN where unknown.
+
+    Two bounds, the lower wins, never below zero:
+
+    * the **fade**: each estimate times what :func:`visible_fraction` says the sample does not
+      show yet;
+    * the **evidence**: since the earliest pod with a baseline was bound, the sample has risen
+      by ``(sample - baseline) × allocatable``; that much of those pods' estimates is already in
+      it and is not counted twice. A fall is no evidence (other load may have left).
+    """
+    fade = [
+        e * (1.0 - visible_fraction(sampled_at - t, lag_s, window_s))
+        for e, t in zip(estimates, bound_at, strict=True)
+    ]
+    first = next((i for i, b in enumerate(baselines) if math.isfinite(b)), None)
+    if first is None or not (math.isfinite(sample) and allocatable > 0):
+        return sum(fade)
+    rise = max(0.0, sample - baselines[first]) * allocatable
+    covered = max(0.0, min(sum(fade[first:]), sum(estimates[first:]) - rise))
+    return sum(fade[:first]) + covered
+
+
+def _baseline(baselines: Mapping[str, Baseline] | None, pod: PlacedPod, r: int) -> float:
+    if baselines is None or not pod.uid:
+        return math.nan
+    got = baselines.get(pod.uid)
+    return math.nan if got is None else got[r]
+
+
 def build_snapshot(
     nodes: Iterable[NodeInfo],
     samples: Mapping[str, Mapping[str, Sample]],
@@ -223,12 +287,14 @@ def build_snapshot(
     source_ok_at: float | None,
     window_s: float,
     now: float,
+    lag_s: float = 0.0,
+    baselines: Mapping[str, Baseline] | None = None,
 ) -> Snapshot:
     """Assemble a snapshot from its parts.
 
     ``samples`` maps node name to signal name to sample; a node that has samples but is not in
-    ``nodes`` still gets a column (its allocatable is unknown). A placed pod counts as just placed
-    when it was bound after its node's latest sample, or within ``window_s`` before ``now``.
+    ``nodes`` still gets a column (its allocatable is unknown). Placed pods add to ``placed`` by
+    :func:`unseen_usage`, per resource, against that resource's sample on their node.
     """
     node_list = list(nodes)
     names: list[str] = [n.name for n in node_list]
@@ -258,18 +324,27 @@ def build_snapshot(
         allocatable[:, col] = (_nan(node.allocatable_cpu), _nan(node.allocatable_memory))
         requested[:, col] = (_nan(node.requested_cpu), _nan(node.requested_memory))
 
-    # A pod is invisible to metrics when bound after the node's oldest resource sample.
-    resource_rows = [sig.index(r) for r in RESOURCES if r in sig]
     placed = np.zeros((len(RESOURCES), width))  # nothing placed on an unknown node either
+    by_node: dict[int, list[PlacedPod]] = {}
     for pod in placements:
-        pcol = index.get(pod.node)
-        if pcol is None:
-            continue
-        stamps = [sampled_at[r, pcol] for r in resource_rows if not math.isnan(sampled_at[r, pcol])]
-        last_sample = min(stamps) if stamps else -math.inf
-        if pod.bound_at > last_sample or now - pod.bound_at <= window_s:
-            placed[0, pcol] += pod.cpu
-            placed[1, pcol] += pod.memory
+        at = index.get(pod.node)
+        if at is not None:
+            by_node.setdefault(at, []).append(pod)
+    rows = {r: sig.index(resource) for r, resource in enumerate(RESOURCES) if resource in sig}
+    for pcol, pods in by_node.items():
+        pods.sort(key=lambda p: p.bound_at)
+        for r in range(len(RESOURCES)):
+            srow = rows.get(r)
+            placed[r, pcol] = unseen_usage(
+                [(p.cpu, p.memory)[r] for p in pods],
+                [p.bound_at for p in pods],
+                [_baseline(baselines, p, r) for p in pods],
+                math.nan if srow is None else float(sampled_at[srow, pcol]),
+                math.nan if srow is None else float(values[srow, pcol]),
+                float(allocatable[r, pcol]),
+                lag_s,
+                window_s,
+            )
 
     for arr in (values, sampled_at, allocatable, requested, placed):
         arr.setflags(write=False)

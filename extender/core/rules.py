@@ -7,8 +7,12 @@ YAML and compiles it into a :class:`Rules`; nothing here knows about YAML or fil
 from __future__ import annotations
 
 import enum
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+
+import numpy as np
+import numpy.typing as npt
 
 #: Signals that are resources: pods carry an estimate for them, so a projection can add the
 #: just-placed pods and the incoming pod to the live sample. Other signals (network, disk, custom)
@@ -104,6 +108,12 @@ class Tier:
     target: float = 0.6
     """For ``targetLoad``: the utilization that scores highest."""
     on_stale: OnStale = OnStale.ALLOW
+    floor_keep: int = 0
+    """When every candidate is rejected: keep this many, the least over their ceilings (0:
+    reject them all). A filter rejection is final for the attempt and autoscalers do not run
+    extenders, so a tier that must run needs a floor."""
+    observe: bool = False
+    """Shadow mode: decide and record, but keep every node and answer neutral scores."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,8 +121,12 @@ class Estimation:
     """How the usage of a pod that metrics cannot see yet is estimated."""
 
     window_s: float = 150.0
-    """A bound pod counts as just placed while bound more recently than this, or after its
-    node's latest sample, whichever ends later."""
+    """A bound pod stops counting as just placed this long after it was bound (as of its node's
+    sample): ``lag_s`` plus the rate window over which its usage fades in."""
+    lag_s: float = 30.0
+    """A bound pod counts in full until its node's sample is this much younger than the bind:
+    the time for its usage to reach the metrics at all. After it the estimate fades linearly to
+    zero at ``window_s``, as ``rate()`` takes in a step change over its window."""
     prefer: EstimateFrom = EstimateFrom.REQUESTS
     requests_factor: float = 1.0
     default_cpu: float = 0.1
@@ -144,3 +158,46 @@ class Rules:
     preemption_max_per_node: int = 0
     """Cap on approved preemptions per node within ``preemption_window_s``; 0 means no cap."""
     preemption_window_s: float = 300.0
+    live_source: bool = True
+    """False with ``metrics.source: none``: request-based scoring by design, so no tier waits
+    for live data (``onStale: reject`` applies only while a live source is down)."""
+    vectors: Mapping[str, TierVectors] = field(init=False, repr=False, compare=False)
+    """Per tier name, its ceilings and weights as arrays in signal order: built once with the
+    rules, so a request does not rebuild them."""
+
+    def __post_init__(self) -> None:
+        vectors = {
+            t.name: TierVectors.build(t, self.signals) for t in (*self.tiers, self.default_tier)
+        }
+        object.__setattr__(self, "vectors", vectors)
+
+
+@dataclass(frozen=True, slots=True)
+class TierVectors:
+    """A tier's per-signal settings as arrays (signal order), read-only."""
+
+    ceilings: npt.NDArray[np.float64]
+    """(signals,) the ceiling of each signal; +inf where the tier sets none."""
+    ceilings_col: npt.NDArray[np.float64]
+    """(signals, 1): the same, ready to broadcast against (signals, candidates)."""
+    weights: npt.NDArray[np.float64]
+    needed_rows: tuple[int, ...]
+    """Signals the tier reads (a ceiling or a weight): missing data there makes a node stale."""
+    ceiling_rows: tuple[int, ...]
+    """Signals with a finite ceiling."""
+
+    @staticmethod
+    def build(tier: Tier, signals: tuple[str, ...]) -> TierVectors:
+        ceilings = np.array([tier.ceilings.get(s, math.inf) for s in signals], dtype=np.float64)
+        weights = np.array([tier.weights.get(s, 0.0) for s in signals], dtype=np.float64)
+        needed = np.isfinite(ceilings) | (weights > 0)
+        col = ceilings[:, None].copy()
+        for arr in (ceilings, weights, col):
+            arr.setflags(write=False)
+        return TierVectors(
+            ceilings=ceilings,
+            ceilings_col=col,
+            weights=weights,
+            needed_rows=tuple(int(i) for i in np.flatnonzero(needed)),
+            ceiling_rows=tuple(int(i) for i in np.flatnonzero(np.isfinite(ceilings))),
+        )

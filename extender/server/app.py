@@ -25,7 +25,7 @@ from prometheus_client.aiohttp import make_aiohttp_handler
 
 from extender.errors import PriorityExtenderError
 from extender.server.admin import AdminViews
-from extender.server.metrics import Metrics
+from extender.server.metrics import WAITING_WINDOW_S, Metrics
 from extender.server.tls import TLSFiles
 from extender.store import SnapshotStore
 from extender.verbs import Reply, Verbs
@@ -107,7 +107,12 @@ class Extender:
         """Each returns why the extender is not ready yet, or None (e.g. the first node list)."""
         self.size_providers: list[Callable[[], dict[str, int]]] = [self._sizes]
         """Cache sizes for ``priority_extender_cache_entries``; sources add theirs."""
-        metrics.observe_state(store, self._all_sizes, clock)
+        metrics.observe_state(
+            store,
+            self._all_sizes,
+            clock,
+            lambda now: self.decisions.waiting(now, WAITING_WINDOW_S),
+        )
         self._inflight = 0
 
     @property
@@ -226,6 +231,7 @@ class Extender:
                 "status": "ready",
                 "policy": state.policy.source,
                 "policySha256": state.policy.sha256,
+                "policyFrom": state.policy.origin,
                 "nodes": len(state.snapshot.names),
             }
         )

@@ -51,6 +51,10 @@ LATENCY_BUCKETS = (
 #: From a names-only call on a small cluster (~2 KB) to a full-node list of 5,000 nodes (~77 MB).
 SIZE_BUCKETS = (1e3, 1e4, 1e5, 1e6, 1e7, 1e8)
 
+#: How far back ``priority_extender_pods_waiting`` looks: kube-scheduler retries an
+#: unschedulable pod at least every 5 minutes, so a pod still pending has a decision this recent.
+WAITING_WINDOW_S = 300.0
+
 OUTCOMES = ("ok", "bad_request", "too_large", "fail_open", "abandoned", "overloaded")
 PREEMPT_RESULTS = (
     "kept",
@@ -90,11 +94,13 @@ class StateCollector(Collector):
         scores: ScoreCounts,
         sizes: Callable[[], dict[str, int]],
         clock: Callable[[], float] = time.time,
+        waiting: Callable[[float], dict[str, int]] | None = None,
     ) -> None:
         self.store = store
         self.scores = scores
         self.sizes = sizes
         self.clock = clock
+        self.waiting = waiting
 
     def collect(self) -> Iterable[Metric]:
         state = self.store.current
@@ -141,6 +147,20 @@ class StateCollector(Collector):
         for name, size in sorted(self.sizes().items()):
             sizes.add_metric([name], float(size))
         yield sizes
+
+        if self.waiting is not None:
+            waiting = GaugeMetricFamily(
+                "priority_extender_pods_waiting",
+                "Distinct pods whose latest filter call, within the last "
+                f"{WAITING_WINDOW_S:.0f} s, rejected every candidate node, by tier: pods a "
+                "ceiling keeps pending (kube-scheduler retries them on cluster events and at "
+                "least every 5 minutes).",
+                labels=["tier"],
+            )
+            pending = self.waiting(now)
+            for tier in sorted({t.name for t in (*rules.tiers, rules.default_tier)} | set(pending)):
+                waiting.add_metric([tier], float(pending.get(tier, 0)))
+            yield waiting
 
         info = InfoMetricFamily(
             "priority_extender_policy", "The policy in force: where it came from and its hash."
@@ -191,6 +211,25 @@ class Metrics:
             ["reason", "tier"],
             registry=registry,
         )
+        self.floor_applied = Counter(
+            "priority_extender_floor_applied",
+            "Filter calls where every candidate was rejected and the tier's floor kept some, "
+            "by tier.",
+            ["tier"],
+            registry=registry,
+        )
+        self.all_rejected = Counter(
+            "priority_extender_all_rejected",
+            "Filter calls where every candidate was rejected and the pod waits, by tier.",
+            ["tier"],
+            registry=registry,
+        )
+        self.observed_rejections = Counter(
+            "priority_extender_observed_rejections",
+            "Nodes a tier in shadow mode (observe) would have rejected, by reason kind and tier.",
+            ["reason", "tier"],
+            registry=registry,
+        )
         self.preempt_candidates = Counter(
             "priority_extender_preempt_candidates",
             "Preemption candidate nodes offered by kube-scheduler, by what the extender did.",
@@ -237,21 +276,29 @@ class Metrics:
         store: SnapshotStore,
         sizes: Callable[[], dict[str, int]],
         clock: Callable[[], float] = time.time,
+        waiting: Callable[[float], dict[str, int]] | None = None,
     ) -> None:
-        """Register the scrape-time collector over ``store``."""
-        self.registry.register(StateCollector(store, self.scores, sizes, clock))
+        """Register the scrape-time collector over ``store``; ``waiting(now)`` counts, by tier,
+        the pods whose latest filter decision rejected every candidate."""
+        self.registry.register(StateCollector(store, self.scores, sizes, clock, waiting))
 
     def observe_filter(self, evaluation: Evaluation) -> None:
-        if evaluation.tier is None or evaluation.keep.all():
+        if evaluation.tier is None or evaluation.verdict_keep.all():
             return
-        codes = evaluation.reason_codes
         tier = evaluation.tier.name
-        stale = int(np.count_nonzero(codes == -1))
-        live = int(np.count_nonzero(codes > 0))
+        if evaluation.floor_applied():
+            self.floor_applied.labels(tier).inc()
+        elif evaluation.rejected_everywhere() and not evaluation.observed:
+            self.all_rejected.labels(tier).inc()
+        rejected = ~evaluation.verdict_keep
+        codes = evaluation.reason_codes
+        stale = int(np.count_nonzero(rejected & (codes == -1)))
+        live = int(np.count_nonzero(rejected & (codes > 0)))
+        counter = self.observed_rejections if evaluation.observed else self.rejections
         if live:
-            self.rejections.labels("live_load", tier).inc(live)
+            counter.labels("live_load", tier).inc(live)
         if stale:
-            self.rejections.labels("stale", tier).inc(stale)
+            counter.labels("stale", tier).inc(stale)
 
     def observe_scores(self, evaluation: Evaluation) -> None:
         tier = "(bypass)" if evaluation.tier is None else evaluation.tier.name

@@ -533,7 +533,7 @@ class Simulation:
         )
         if self.ext is not None:
             est = self._estimate(tpl)
-            self.placed.append(PlacedPod(self.names[i], est[0], est[1], self.now))
+            self.placed.append(PlacedPod(self.names[i], est[0], est[1], self.now, pod.uid))
 
     def _unbind(self, pod: SimPod, state: int) -> None:
         i, tpl = pod.node, pod.tpl

@@ -61,3 +61,22 @@ class DecisionLog:
             if pod in (p.uid, f"{p.namespace}/{p.name}"):
                 out.append(d)
         return out
+
+    def waiting(self, now: float, window_s: float) -> dict[str, int]:
+        """By tier, the distinct pods whose latest filter decision within ``window_s`` kept no
+        node: the pods the policy keeps pending right now (scrape time, not the request path)."""
+        seen: set[str] = set()
+        out: dict[str, int] = {}
+        for d in reversed(self._entries):
+            if d.at < now - window_s:
+                break
+            if d.verb != "filter":
+                continue
+            ev = d.evaluation
+            key = ev.pod.uid or f"{ev.pod.namespace}/{ev.pod.name}"
+            if key in seen:
+                continue
+            seen.add(key)
+            if ev.tier is not None and len(ev.names) and not ev.keep.any():
+                out[ev.tier.name] = out.get(ev.tier.name, 0) + 1
+        return out

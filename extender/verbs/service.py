@@ -165,6 +165,26 @@ class Verbs:
     def _filter(self, args: FilterArgs) -> bytes:
         evaluation = self._decide("filter", args)
         self.observer.observe_filter(evaluation)
+        tier = evaluation.tier
+        if tier is not None and evaluation.floor_applied():
+            log.warning(
+                "filter: pod %s/%s: every one of %d candidates is rejected for tier %s; "
+                "its floor keeps the %d least over their ceilings",
+                args.pod.namespace,
+                args.pod.name,
+                len(evaluation.names),
+                tier.name,
+                int(evaluation.floored.sum()),
+            )
+        elif tier is not None and not evaluation.observed and evaluation.rejected_everywhere():
+            log.info(
+                "filter: pod %s/%s: every one of %d candidates is rejected for tier %s "
+                "(no floor): it waits for a retry",
+                args.pod.namespace,
+                args.pod.name,
+                len(evaluation.names),
+                tier.name,
+            )
         return encode_filter(args, evaluation)
 
     def _prioritize(self, args: FilterArgs) -> bytes:

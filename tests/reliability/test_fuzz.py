@@ -14,7 +14,7 @@ from typing import Any
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from extender.core import NodeInfo, Sample
+from extender.core import NodeInfo, OnStale, Sample, Strategy
 from extender.policy import load_text
 from extender.store import SnapshotStore
 from extender.verbs import Verbs
@@ -81,8 +81,8 @@ def worlds(draw: Any) -> Verbs:
     text = POLICY.format(
         cpu=draw(st.sampled_from([0.3, 0.6, 0.9])),
         mem=draw(st.sampled_from([0.5, 0.9])),
-        strategy=draw(st.sampled_from(["leastLoaded", "mostLoaded", "targetLoad", "balanced"])),
-        on_stale=draw(st.sampled_from(["allow", "reject", "neutral"])),
+        strategy=draw(st.sampled_from([s.value for s in Strategy])),
+        on_stale=draw(st.sampled_from([s.value for s in OnStale])),
     )
     store = SnapshotStore(load_text(text, "p.yaml"), clock=lambda: NOW)
     known = draw(st.lists(st.sampled_from(NODES), unique=True))
