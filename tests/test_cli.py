@@ -3,41 +3,9 @@
 from __future__ import annotations
 
 import json
-import os
-import signal
-import socket
-import subprocess
-import sys
-import time
-import urllib.error
-import urllib.request
-from pathlib import Path
-
-import pytest
 
 from tests.builders import fixture_bytes
-
-ROOT = Path(__file__).parent.parent
-#: Upper bound on waiting for the process to listen; generous for a loaded 2-core CI machine.
-START_TIMEOUT_S = 30.0
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "extender", *args],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        env={**os.environ, **(env or {})},
-        timeout=60,
-        check=False,
-    )
+from tests.support import ServeProcess, cli
 
 
 def test_policy_check_ok_and_errors(tmp_path):
@@ -68,46 +36,15 @@ def test_serve_refuses_an_invalid_policy(tmp_path):
     assert "required field 'apiVersion' is missing" in res.stderr
 
 
-def _wait_ready(port: int, proc: subprocess.Popen[bytes]) -> None:
-    deadline = time.monotonic() + START_TIMEOUT_S
-    while time.monotonic() < deadline:
-        assert proc.poll() is None, "extender exited during start-up"
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=1) as r:
-                if r.status == 200:
-                    return
-        except (urllib.error.URLError, ConnectionError):
-            time.sleep(0.05)
-    pytest.fail("extender did not become ready")
-
-
 def test_serve_embedded_default_end_to_end():
-    port, admin = free_port(), free_port()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "extender", "serve", "--host", "127.0.0.1"],
-        cwd=ROOT,
-        env={
-            **os.environ,
-            "PRIORITY_EXTENDER_PORT": str(port),  # flags can come from the environment
-            "PRIORITY_EXTENDER_ADMIN_PORT": str(admin),
-            "PRIORITY_EXTENDER_ADMIN_HOST": "127.0.0.1",
-        },
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-    )
-    try:
-        _wait_ready(admin, proc)
-        req = urllib.request.Request(
-            f"http://127.0.0.1:{port}/filter",
-            data=fixture_bytes("filter-nodecache-true-20nodes.json"),
-            headers={"Content-Type": "application/json"},
-        )
-        with urllib.request.urlopen(req, timeout=10) as r:
-            reply = json.loads(r.read())
+    with ServeProcess(
+        # flags can come from the environment
+        env={"PRIORITY_EXTENDER_ADMIN_HOST": "127.0.0.1", "PRIORITY_EXTENDER_HOST": "127.0.0.1"}
+    ) as server:
+        reply = server.post("filter", fixture_bytes("filter-nodecache-true-20nodes.json"))
+        assert isinstance(reply["NodeNames"], list)
         assert len(reply["NodeNames"]) == 14
+        assert isinstance(reply["FailedAndUnresolvableNodes"], dict)
         assert len(reply["FailedAndUnresolvableNodes"]) == 6
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        out, _ = proc.communicate(timeout=30)
-    assert proc.returncode == 0, out.decode()
-    assert b"shutting down" in out
+        assert server.terminate() == 0, server.output()
+        assert "shutting down" in server.output()

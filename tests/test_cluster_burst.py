@@ -24,7 +24,7 @@ from extender.store import SnapshotStore
 from extender.wire import decode_pod
 from tests.builders import NOW
 from tests.fake_apiserver import FakeApiServer, make_node, make_pod, rfc3339
-from tests.test_cluster_watch import until
+from tests.support import until
 
 NODES = {"big": ("16", "64Gi"), "small-1": ("8", "32Gi"), "small-2": ("8", "32Gi")}
 BURST = 20

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
-from pathlib import Path
 
 import aiohttp
 import pytest
@@ -17,22 +16,7 @@ from extender.policy import embedded_default
 from extender.server.app import ServerSettings
 from extender.server.run import running
 from tests.fake_apiserver import FakeApiServer, make_node, make_pod
-from tests.test_cluster_watch import until
-
-KUBECONFIG = """\
-apiVersion: v1
-kind: Config
-clusters: [{name: fake, cluster: {server: "URL"}}]
-users: [{name: me, user: {token: test-token}}]
-contexts: [{name: here, context: {cluster: fake, user: me}}]
-current-context: here
-"""
-
-
-def kubeconfig(tmp_path: Path, url: str) -> Path:
-    path = tmp_path / "kubeconfig"
-    path.write_text(KUBECONFIG.replace("URL", url))
-    return path
+from tests.support import kubeconfig, until
 
 
 @pytest.fixture

@@ -34,11 +34,11 @@ import yaml
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from extender.cli import _parser
+from extender.cli import build_parser
 from extender.policy import load_text
 from extender.server.app import ServerSettings
 from extender.sources.prometheus import PrometheusSourceMetrics
-from tests.test_http import make_extender
+from tests.support import make_extender
 
 ROOT = Path(__file__).parent.parent
 DEPLOY = ROOT / "deploy"
@@ -143,7 +143,7 @@ def serve_defaults() -> dict[str, Any]:
     """``serve``'s defaults as the code has them (not as this shell's environment sets them)."""
     ours = {k: v for k, v in os.environ.items() if not k.startswith("PRIORITY_EXTENDER_")}
     with mock.patch.dict(os.environ, ours, clear=True):
-        ns = _parser().parse_args(["serve"])
+        ns = build_parser().parse_args(["serve"])
     return vars(ns)
 
 

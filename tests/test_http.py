@@ -4,17 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Callable
 
 import pytest
-from prometheus_client import CollectorRegistry
 
-from extender.policy import embedded_default
-from extender.server.app import Extender, ServerSettings
-from extender.server.metrics import Metrics
-from extender.sources.static import StaticSource, static_path
-from extender.store import SnapshotStore
-from tests.builders import NOW, fixture_bytes, fixture_json
+from extender.server.app import Extender
+from tests.builders import fixture_bytes, fixture_json
+from tests.support import make_extender
 
 # With the embedded policy's static metrics, a batch pod (cpu 500m of 4 cores) is refused by:
 EXPECTED_REJECTED = {
@@ -25,15 +20,6 @@ EXPECTED_REJECTED = {
     "node-014": "cpu+memory load above batch tier ceiling",  # 0.92 / 0.93
     "node-017": "cpu load above batch tier ceiling",  # 0.52 + 0.5/4 = 0.645 > 0.60
 }
-
-
-async def make_extender(clock: Callable[[], float] = lambda: NOW, **settings) -> Extender:
-    policy = embedded_default()
-    store = SnapshotStore(policy, clock=lambda: NOW)
-    static = policy.document.metrics.static
-    source = StaticSource(store, static_path(static.file, policy.base_dir), 15, lambda: NOW)
-    assert await source.refresh()
-    return Extender(store, Metrics(CollectorRegistry()), ServerSettings(**settings), clock)
 
 
 @pytest.fixture

@@ -35,8 +35,7 @@ from extender.server.run import running
 from extender.server.tls import CertReloader, TLSConfigError, TLSFiles, server_context
 from extender.store import SnapshotStore
 from tests.builders import NOW, fixture_bytes, fixture_json
-from tests.test_cli import ROOT, free_port
-from tests.test_http import make_extender
+from tests.support import ROOT, ServeProcess, make_extender, wait_for
 
 POLICY_V1 = (ROOT / "config" / "policy-static.yaml").read_text()
 #: Bounded wait for the inotify-driven reload; a poll of the store, never a fixed sleep.
@@ -97,7 +96,7 @@ async def test_reload_through_configmap_symlink_swap(tmp_path, caplog):
     reloader = PolicyReloader(path, store, metrics, on_reload, interval=3600)
     task = asyncio.create_task(reloader.run())
     try:
-        await asyncio.sleep(0.3)  # let the watcher start
+        await asyncio.wait_for(reloader.watching.wait(), RELOAD_WAIT_S)
         # 1. a valid change: batch ceiling 0.60 -> 0.30
         kubelet.publish(
             {
@@ -118,7 +117,11 @@ async def test_reload_through_configmap_symlink_swap(tmp_path, caplog):
                 "static-metrics.yaml": _metrics_file(),
             }
         )
-        await _until(lambda: metrics.registry.get_sample_value("priority_extender_policy_reload_failing") == 1)
+        await _until(
+            lambda: (
+                metrics.registry.get_sample_value("priority_extender_policy_reload_failing") == 1
+            )
+        )
         assert store.policy is good
         assert "policy reload failed, keeping the policy in force" in caplog.text
         assert f"{path}:" in caplog.text
@@ -448,38 +451,19 @@ def _get(url: str) -> int:
 
 
 def test_sigterm_drains_then_exits(tmp_path):
-    port, admin = free_port(), free_port()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "extender", "serve", "--host", "127.0.0.1", "--port", str(port),
-         "--admin-host", "127.0.0.1", "--admin-port", str(admin), "--drain-seconds", "30",
-         "--shutdown-timeout", "5", "--log-format", "json"],
-        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+    server = ServeProcess(
+        "--drain-seconds", "30", "--shutdown-timeout", "5", "--log-format", "json"
     )  # fmt: skip
     try:
-        from tests.test_cli import _wait_ready
-
-        _wait_ready(admin, proc)
-        proc.send_signal(signal.SIGTERM)
-        deadline = time.monotonic() + 20
-        while _get(f"http://127.0.0.1:{admin}/readyz") != 503:
-            assert time.monotonic() < deadline
-            time.sleep(0.05)
+        server.proc.send_signal(signal.SIGTERM)
+        wait_for(lambda: _get(f"http://127.0.0.1:{server.admin}/readyz") == 503, 20, "503")
         # still answering the scheduler while draining
-        req = urllib.request.Request(
-            f"http://127.0.0.1:{port}/filter",
-            data=fixture_bytes("filter-nodecache-true.json"),
-            headers={"Content-Type": "application/json"},
-        )
-        with urllib.request.urlopen(req, timeout=10) as r:
-            assert json.loads(r.read())["Error"] == ""
-        assert proc.poll() is None  # the drain lasts 30 s ...
-        proc.send_signal(signal.SIGTERM)  # ... unless a second signal cuts it short
-        out, _ = proc.communicate(timeout=30)
+        assert server.post("filter", fixture_bytes("filter-nodecache-true.json"))["Error"] == ""
+        assert server.proc.poll() is None  # the drain lasts 30 s ...
+        assert server.terminate() == 0  # ... unless a second signal cuts it short
     finally:
-        if proc.poll() is None:
-            proc.kill()
-    assert proc.returncode == 0
-    lines = [json.loads(line) for line in out.decode().splitlines() if line.startswith("{")]
+        server.kill()
+    lines = [json.loads(line) for line in server.output().splitlines() if line.startswith("{")]
     messages = [line["msg"] for line in lines]
     assert "shutting down: draining for 30.0 s" in messages
     assert messages[-1] == "stopped"

@@ -1,8 +1,9 @@
 """``priority-extender simulate``: compare policies on a scenario; ``simulate capture``: write a
 scenario from a live cluster.
 
-``add_parser(subparsers)`` registers the command on the main parser; ``run(namespace)`` runs it
-and returns the exit status (0 done, 1 invalid input or a failed capture).
+``add_parser(subparsers.add_parser)`` registers the command on the main parser;
+``run(namespace)`` runs it and returns the exit status (0 done, 1 invalid input or a failed
+capture).
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import argparse
 import asyncio
 import shlex
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TextIO
 
@@ -24,11 +25,9 @@ from extender.simulate.workload import build_workload
 DEFAULT_SEED = 1
 
 
-def add_parser(
-    subparsers: argparse._SubParsersAction[argparse.ArgumentParser],
-) -> argparse.ArgumentParser:
-    """Add ``simulate`` (and ``simulate capture``) to the CLI's subparsers."""
-    p = subparsers.add_parser(
+def add_parser(add: Callable[..., argparse.ArgumentParser]) -> argparse.ArgumentParser:
+    """Add ``simulate`` (and ``simulate capture``) through the CLI's ``subparsers.add_parser``."""
+    p = add(
         "simulate",
         help="replay a workload against a cluster model and compare policies",
         description=(
@@ -250,5 +249,5 @@ def main(argv: Sequence[str] | None = None) -> int:
     """``python -m extender.simulate``: the same command without the main CLI around it."""
     parser = argparse.ArgumentParser(prog="priority-extender")
     sub = parser.add_subparsers(dest="command", required=True)
-    add_parser(sub)
+    add_parser(sub.add_parser)
     return run(parser.parse_args(argv))

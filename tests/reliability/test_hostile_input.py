@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from tests.builders import fixture_bytes, fixture_json
-from tests.test_http import make_extender
+from tests.support import make_extender
 
 BASE = fixture_json("filter-nodecache-true.json")
 GOOD = fixture_bytes("filter-nodecache-true.json")
