@@ -24,40 +24,16 @@ import yaml
 
 from extender import __version__, logs, report
 from extender.cluster import ClusterConfigError
+from extender.cluster.settings import ClusterSettings
 from extender.core import Candidates, evaluate, snapshot_from_dict, summarize
+from extender.flags import ENV_PREFIX, ServeOptions, add_flags, resolve, serve_flags
 from extender.policy import LoadedPolicy, PolicyDocument, PolicyError, embedded_default, load_file
 from extender.policy.loader import load_last_good
-from extender.server.app import DEFAULT_MAX_REQUEST_BYTES, ServerSettings
+from extender.server.app import ServerSettings
 from extender.server.run import serve
 from extender.server.tls import TLSConfigError, TLSFiles
 from extender.simulate import cli as simulate_cli
 from extender.wire import WireError, decode_pod
-
-ENV_PREFIX = "PRIORITY_EXTENDER_"
-
-
-def _env(name: str, default: str | None = None) -> str | None:
-    return os.environ.get(ENV_PREFIX + name, default)
-
-
-def _env_int(name: str, default: int) -> int:
-    raw = _env(name)
-    if raw is None:
-        return default
-    try:
-        return int(raw)
-    except ValueError:
-        raise SystemExit(f"error: {ENV_PREFIX}{name}={raw!r} is not a whole number") from None
-
-
-def _env_float(name: str, default: float) -> float:
-    raw = _env(name)
-    if raw is None:
-        return default
-    try:
-        return float(raw)
-    except ValueError:
-        raise SystemExit(f"error: {ENV_PREFIX}{name}={raw!r} is not a number") from None
 
 
 def policy_schema() -> dict[str, object]:
@@ -77,87 +53,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
 
-    s = sub.add_parser("serve", help="run the extender (scheduler port and admin port)")
-    s.add_argument(
-        "--policy",
-        default=_env("POLICY"),
-        help="policy YAML file (env PRIORITY_EXTENDER_POLICY); default: the embedded policy, "
-        "which reads the static demo metrics shipped with the package",
+    s = sub.add_parser(
+        "serve",
+        help="run the extender (scheduler port and admin port)",
+        description="Every option can also be set by the environment variable named in its "
+        "help; an option on the command line wins.",
     )
-    s.add_argument("--host", default=_env("HOST", "0.0.0.0"), help="scheduler port address")
-    s.add_argument("--port", type=int, default=_env_int("PORT", 8888), help="scheduler port")
-    s.add_argument("--admin-host", default=_env("ADMIN_HOST", "0.0.0.0"))
-    s.add_argument(
-        "--admin-port",
-        type=int,
-        default=_env_int("ADMIN_PORT", 8889),
-        help="probes and /metrics",
-    )
-    s.add_argument(
-        "--url-prefix",
-        default=_env("URL_PREFIX", ""),
-        help="path before the verbs, e.g. /scheduler",
-    )
-    s.add_argument(
-        "--max-request-bytes",
-        type=int,
-        default=_env_int("MAX_REQUEST_BYTES", DEFAULT_MAX_REQUEST_BYTES),
-        help="largest request body accepted (full-node requests are ~15 KB per node)",
-    )
-    s.add_argument(
-        "--max-inflight",
-        type=int,
-        default=_env_int("MAX_INFLIGHT", 16),
-        help="requests handled at once on the scheduler port; more get a fast 503",
-    )
-    s.add_argument(
-        "--log-level",
-        default=_env("LOG_LEVEL", "info"),
-        choices=["debug", "info", "warning", "error"],
-    )
-    s.add_argument(
-        "--log-format",
-        default=_env("LOG_FORMAT", "auto"),
-        choices=["auto", "json", "text"],
-        help="auto: text on a terminal, JSON lines otherwise",
-    )
-    s.add_argument(
-        "--drain-seconds",
-        type=float,
-        default=_env_float("DRAIN_SECONDS", 3.0),
-        help="after SIGTERM, keep answering this long with readiness already failing",
-    )
-    s.add_argument(
-        "--shutdown-timeout",
-        type=float,
-        default=_env_float("SHUTDOWN_TIMEOUT", 10.0),
-        help="then give in-flight requests this long to finish",
-    )
-    s.add_argument(
-        "--kubernetes",
-        default=_env("KUBERNETES", "auto"),
-        choices=["auto", "off"],
-        help="auto: list+watch nodes and bound pods when in a cluster or a kubeconfig exists",
-    )
-    s.add_argument(
-        "--kubeconfig",
-        default=_env("KUBECONFIG"),
-        help="kubeconfig file (default: in-cluster, then $KUBECONFIG or ~/.kube/config)",
-    )
-    s.add_argument(
-        "--state-dir",
-        default=_env("STATE_DIR"),
-        help="keep the last policy that loaded here, and start from it when the policy file is "
-        "invalid at start-up (env PRIORITY_EXTENDER_STATE_DIR); the Deployment mounts an "
-        "emptyDir at /var/lib/priority-extender, which survives container restarts; default: "
-        "none (an invalid policy file at start-up exits 1)",
-    )
-    s.add_argument("--tls-cert-file", default=_env("TLS_CERT_FILE"), help="serve HTTPS")
-    s.add_argument("--tls-key-file", default=_env("TLS_KEY_FILE"))
+    add_flags(s, serve_flags())
+    s.add_argument("--tls-cert-file", help="serve HTTPS (env PRIORITY_EXTENDER_TLS_CERT_FILE)")
+    s.add_argument("--tls-key-file", help="its key (env PRIORITY_EXTENDER_TLS_KEY_FILE)")
     s.add_argument(
         "--tls-client-ca-file",
-        default=_env("TLS_CLIENT_CA_FILE"),
-        help="require client certificates signed by this CA (kube-scheduler's tlsConfig)",
+        help="require client certificates signed by this CA, as kube-scheduler's tlsConfig "
+        "sends (env PRIORITY_EXTENDER_TLS_CLIENT_CA_FILE)",
     )
 
     e = sub.add_parser(
@@ -201,43 +109,39 @@ def _check(files: Sequence[str]) -> int:
     return 1 if failed else 0
 
 
+def _tls(ns: argparse.Namespace) -> TLSFiles | None:
+    def pick(flag: str) -> str | None:
+        value: str | None = getattr(ns, flag) or os.environ.get(ENV_PREFIX + flag.upper())
+        return value
+
+    cert, key, ca = pick("tls_cert_file"), pick("tls_key_file"), pick("tls_client_ca_file")
+    if not (cert or key or ca):
+        return None
+    if not (cert and key):
+        raise SystemExit("error: --tls-cert-file and --tls-key-file go together")
+    return TLSFiles(Path(cert), Path(key), Path(ca) if ca else None)
+
+
 def _serve(ns: argparse.Namespace) -> int:
-    logs.setup(ns.log_level, ns.log_format)
-    tls = None
-    if ns.tls_cert_file or ns.tls_key_file or ns.tls_client_ca_file:
-        if not (ns.tls_cert_file and ns.tls_key_file):
-            print("error: --tls-cert-file and --tls-key-file go together", file=sys.stderr)
-            return 2
-        ca = Path(ns.tls_client_ca_file) if ns.tls_client_ca_file else None
-        tls = TLSFiles(Path(ns.tls_cert_file), Path(ns.tls_key_file), ca)
-    state_dir = Path(ns.state_dir) if ns.state_dir else None
+    values = resolve(ns, serve_flags())
+    options = ServeOptions(**values["serve"])
+    logs.setup(options.log_level, options.log_format)
+    settings = ServerSettings(**values["server"], tls=_tls(ns))
+    cluster = ClusterSettings(**values["cluster"])
+    state_dir = Path(options.state_dir) if options.state_dir else None
     policy: LoadedPolicy
     try:
-        policy = load_file(ns.policy) if ns.policy else embedded_default()
+        policy = load_file(options.policy) if options.policy else embedded_default()
     except PolicyError as exc:
-        fallback = _last_good(state_dir, ns.policy, exc) if ns.policy else None
+        fallback = _last_good(state_dir, options.policy, exc) if options.policy else None
         if fallback is None:
             for line in exc.issues:
                 print(line, file=sys.stderr)
             return 1
         policy = fallback
-    settings = ServerSettings(
-        host=ns.host,
-        port=ns.port,
-        admin_host=ns.admin_host,
-        admin_port=ns.admin_port,
-        url_prefix=ns.url_prefix,
-        max_request_bytes=ns.max_request_bytes,
-        max_inflight=ns.max_inflight,
-        drain_seconds=ns.drain_seconds,
-        shutdown_timeout=ns.shutdown_timeout,
-        tls=tls,
-        kubernetes=ns.kubernetes,
-        kubeconfig=ns.kubeconfig,
-    )
-    policy_path = Path(ns.policy) if ns.policy else None
+    policy_path = Path(options.policy) if options.policy else None
     try:
-        asyncio.run(serve(policy, settings, policy_path, state_dir))
+        asyncio.run(serve(policy, settings, policy_path, state_dir, cluster))
     except (OSError, TLSConfigError, ClusterConfigError) as exc:
         print(f"error: cannot start: {exc}", file=sys.stderr)
         return 1

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from tests.builders import fixture_bytes
 from tests.support import ServeProcess, cli
 
@@ -48,3 +50,79 @@ def test_serve_embedded_default_end_to_end():
         assert len(reply["FailedAndUnresolvableNodes"]) == 6
         assert server.terminate() == 0, server.output()
         assert "shutting down" in server.output()
+
+
+# --- the settings tree and its flags -------------------------------------------------------------
+
+
+def test_every_setting_has_a_flag_and_a_variable_with_its_default_in_the_help():
+    import dataclasses
+
+    from extender.cluster.settings import ClusterSettings
+    from extender.flags import SKIPPED, ServeOptions, serve_flags
+    from extender.server.app import ServerSettings
+
+    flags = {f.dest: f for f in serve_flags()}
+    for group, cls in (
+        ("serve", ServeOptions),
+        ("server", ServerSettings),
+        ("cluster", ClusterSettings),
+    ):
+        for field in dataclasses.fields(cls):
+            dest = f"{group}.{field.name}"
+            if dest not in SKIPPED:
+                assert dest in flags, f"{dest} has no flag"
+    helptext = cli("serve", "--help").stdout
+    assert "--cluster-page-size N" in helptext
+    for flag in flags.values():
+        assert flag.option in helptext
+        assert flag.env in helptext
+    assert "(default: 8888; env PRIORITY_EXTENDER_PORT)" in " ".join(helptext.split())
+
+
+def test_a_flag_wins_over_its_variable_and_the_variable_over_the_default():
+    from extender.cli import build_parser
+    from extender.flags import resolve, serve_flags
+
+    flags = serve_flags()
+    env = {"PRIORITY_EXTENDER_PORT": "9000", "PRIORITY_EXTENDER_CLUSTER_PAGE_SIZE": "50"}
+    values = resolve(build_parser().parse_args(["serve"]), flags, env)
+    assert values["server"]["port"] == 9000
+    assert values["cluster"]["page_size"] == 50
+    assert values["server"]["kubernetes"] == "auto"  # serve's default, not the dataclass's
+    values = resolve(build_parser().parse_args(["serve", "--port", "9100"]), flags, env)
+    assert values["server"]["port"] == 9100
+    assert resolve(build_parser().parse_args(["serve"]), flags, {})["server"]["port"] == 8888
+
+
+@pytest.mark.parametrize(
+    ("args", "env", "message"),
+    [
+        (["--port", "70000"], {}, "error: --port='70000' is not a port (0 to 65535)"),
+        (
+            [],
+            {"PRIORITY_EXTENDER_PORT": "abc"},
+            "error: PRIORITY_EXTENDER_PORT='abc' is not a whole number",
+        ),
+        (
+            ["--log-level", "loud"],
+            {},
+            "error: --log-level='loud' is not one of: debug, info, warning, error",
+        ),
+        (["--drain-seconds", "-1"], {}, "error: --drain-seconds='-1' must not be negative"),
+        (
+            ["--cluster-freeze-gc-after-sync", "maybe"],
+            {},
+            "error: --cluster-freeze-gc-after-sync='maybe' is not true or false",
+        ),
+    ],
+)
+def test_a_bad_setting_is_one_error_line(args, env, message):
+    res = cli("serve", *args, env=env)
+    assert res.returncode == 1
+    assert res.stderr.strip().splitlines() == [message]
+
+
+def test_a_bad_variable_does_not_break_other_commands():
+    res = cli("policy", "check", "config/policy.yaml", env={"PRIORITY_EXTENDER_PORT": "abc"})
+    assert res.returncode == 0, res.stderr

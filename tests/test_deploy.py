@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import functools
 import json
-import os
 import re
 import shutil
 import subprocess
@@ -25,7 +24,6 @@ import urllib.parse
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
-from unittest import mock
 
 import jsonschema
 import kubernetes_validate
@@ -35,6 +33,7 @@ from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from extender.cli import build_parser
+from extender.flags import resolve, serve_flags
 from extender.policy import load_text
 from extender.server.app import ServerSettings
 from extender.sources.prometheus import PrometheusSourceMetrics
@@ -140,11 +139,13 @@ def env(container: dict[str, Any]) -> dict[str, str]:
 
 
 def serve_defaults() -> dict[str, Any]:
-    """``serve``'s defaults as the code has them (not as this shell's environment sets them)."""
-    ours = {k: v for k, v in os.environ.items() if not k.startswith("PRIORITY_EXTENDER_")}
-    with mock.patch.dict(os.environ, ours, clear=True):
-        ns = build_parser().parse_args(["serve"])
-    return vars(ns)
+    """``serve``'s defaults as the code has them (not as this shell's environment sets them),
+    by flag name (``admin_port``)."""
+    flags = serve_flags()
+    values = resolve(build_parser().parse_args(["serve"]), flags, environ={})
+    return {f.dest.split(".")[1] if f.dest.startswith(("serve.", "server.")) else
+            f.dest.replace(".", "_"): values[f.dest.split(".")[0]][f.dest.split(".")[1]]
+            for f in flags}  # fmt: skip
 
 
 def setting(container: dict[str, Any], flag: str) -> str:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -390,6 +392,35 @@ def test_command_writes_a_report_with_plots(tmp_path, capsys):
         "policy-static.yaml",
         "policy-headroom.yaml",
     ]
+
+
+def test_plots_without_matplotlib_are_one_clear_error(tmp_path):
+    """matplotlib is the optional extra priority-extender[simulate]; without it --out is an
+    error line (checked before the simulation runs), and the server never imports it."""
+    scenario = tmp_path / "mixed.yaml"
+    scenario.write_text(MIXED)
+    blocked = (
+        "import sys; sys.modules['matplotlib'] = None\n"
+        "from extender.cli import main\n"
+        "sys.exit(main(sys.argv[1:]))"
+    )
+    args = ["simulate", "--scenario", str(scenario), "--policy", str(STATIC)]
+    res = subprocess.run(
+        [sys.executable, "-c", blocked, *args, "--out", str(tmp_path / "r"), "--no-progress"],
+        capture_output=True, text=True, cwd=ROOT, timeout=120, check=False,
+    )  # fmt: skip
+    assert res.returncode == 1
+    assert res.stderr.strip().splitlines() == [
+        "error: --out draws plots, which need matplotlib: pip install "
+        "'priority-extender[simulate]' (the tables print without --out)"
+    ]
+    assert not (tmp_path / "r").exists()
+    server = subprocess.run(
+        [sys.executable, "-c", "import extender.server.run, extender.cli, sys; "
+         "sys.exit('matplotlib' in sys.modules)"],
+        cwd=ROOT, timeout=60, check=False,
+    )  # fmt: skip
+    assert server.returncode == 0
 
 
 def test_command_reports_bad_input(tmp_path, capsys):

@@ -14,6 +14,7 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry
 
 from extender.cluster import ClusterSource, start_cluster
+from extender.cluster.settings import DEFAULT_SETTINGS, ClusterSettings
 from extender.policy import LoadedPolicy
 from extender.server.app import Extender, ServerSettings
 from extender.server.metrics import ClusterCollector, Metrics
@@ -127,6 +128,7 @@ async def running(
     registry: CollectorRegistry | None = None,
     policy_path: Path | None = None,
     state_dir: Path | None = None,
+    cluster_settings: ClusterSettings = DEFAULT_SETTINGS,
 ) -> AsyncIterator[Running]:
     """Everything started; stopped in reverse order on exit.
 
@@ -158,7 +160,9 @@ async def running(
     runners: list[web.AppRunner] = []
     state = Running(extender, runners, tasks)
     try:
-        cluster = await start_cluster(store, settings.kubernetes, settings.kubeconfig)
+        cluster = await start_cluster(
+            store, settings.kubernetes, settings.kubeconfig, cluster_settings
+        )
         if cluster is not None:
             state.cluster = cluster
             sources.cluster = cluster
@@ -202,6 +206,7 @@ async def serve(
     settings: ServerSettings,
     policy_path: Path | None = None,
     state_dir: Path | None = None,
+    cluster_settings: ClusterSettings = DEFAULT_SETTINGS,
 ) -> None:
     """Run until SIGTERM or SIGINT, then drain and stop within the configured grace.
 
@@ -221,7 +226,10 @@ async def serve(
 
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, on_signal)
-    async with running(policy, settings, policy_path=policy_path, state_dir=state_dir) as state:
+    async with running(
+        policy, settings, policy_path=policy_path, state_dir=state_dir,
+        cluster_settings=cluster_settings,
+    ) as state:  # fmt: skip
         await stop.wait()
         state.extender.ready = False
         log.info("shutting down: draining for %.1f s", settings.drain_seconds)

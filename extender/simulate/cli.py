@@ -135,6 +135,16 @@ def command_line(ns: argparse.Namespace) -> str:
     return shlex.join(words)
 
 
+def plots_available() -> bool:
+    """matplotlib is an optional extra (``priority-extender[simulate]``): the server never
+    needs it, and its image does not carry it."""
+    try:
+        import matplotlib  # noqa: F401, PLC0415
+    except ImportError:
+        return False
+    return True
+
+
 def simulate(
     ns: argparse.Namespace, stdout: TextIO | None = None, stderr: TextIO | None = None
 ) -> int:
@@ -143,6 +153,13 @@ def simulate(
     if not ns.scenario or not ns.policy:
         print("error: simulate needs --scenario FILE and at least one --policy FILE", file=stderr)
         return 2
+    if ns.out and not plots_available():
+        print(
+            "error: --out draws plots, which need matplotlib: "
+            "pip install 'priority-extender[simulate]' (the tables print without --out)",
+            file=stderr,
+        )
+        return 1
     try:
         scenario = load_scenario(ns.scenario)
     except ScenarioError as exc:
