@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
 import shlex
 import sys
 from collections.abc import Callable, Sequence
@@ -259,6 +260,11 @@ def run(ns: argparse.Namespace) -> int:
     """Run ``simulate`` or ``simulate capture`` from parsed arguments."""
     if getattr(ns, "simulate_command", None) == "capture":
         return capture(ns)
+    # The extender in the loop logs its decisions as a server would (a floor applied, a pod
+    # rejected everywhere): thousands of lines per run. The report counts what matters.
+    decisions = logging.getLogger("extender.verbs")
+    decisions.addHandler(logging.NullHandler())
+    decisions.propagate = False
     return simulate(ns)
 
 
