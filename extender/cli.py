@@ -19,9 +19,6 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import msgspec
-import yaml
-
 from extender import __version__, logs, report
 from extender.cluster import ClusterConfigError
 from extender.cluster.settings import ClusterSettings
@@ -29,6 +26,7 @@ from extender.core import Candidates, evaluate, snapshot_from_dict, summarize
 from extender.flags import ENV_PREFIX, ServeOptions, add_flags, resolve, serve_flags
 from extender.policy import LoadedPolicy, PolicyDocument, PolicyError, embedded_default, load_file
 from extender.policy.loader import load_last_good
+from extender.policy.yamlpos import ManifestError, manifest_json
 from extender.server.app import ServerSettings
 from extender.server.run import serve
 from extender.server.tls import TLSConfigError, TLSFiles
@@ -194,7 +192,16 @@ def _http(url: str, data: bytes | None = None) -> Any:
         raise SystemExit(f"error: {url}: {exc}") from None
 
 
+def _read(path: str) -> bytes:
+    try:
+        return Path(path).read_bytes()
+    except OSError as exc:
+        raise SystemExit(f"error: {path}: {exc.strerror or exc}") from None
+
+
 def _explain(ns: argparse.Namespace) -> int:
+    if ns.top != "all" and not ns.top.isdigit():
+        raise SystemExit(f"error: --top {ns.top!r}: give a whole number or 'all'")
     top = None if ns.top == "all" else int(ns.top)
     query = {"top": ns.top}
     if ns.nodes:
@@ -203,7 +210,7 @@ def _explain(ns: argparse.Namespace) -> int:
     if ns.admin:
         base = ns.admin.rstrip("/")
         if ns.pod_file:
-            body = Path(ns.pod_file).read_bytes()
+            body = _read(ns.pod_file)
             results = [_http(f"{base}/dry-run?{urllib.parse.urlencode(query)}", body)]
         elif ns.pod:
             query["pod"] = ns.pod
@@ -234,10 +241,11 @@ def _offline(ns: argparse.Namespace, top: int | None) -> dict[str, Any]:
     except (OSError, ValueError) as exc:
         raise SystemExit(f"error: {ns.snapshot}: {exc}") from None
     try:
-        manifest = yaml.safe_load(Path(ns.pod_file).read_bytes())
-        pod = decode_pod(msgspec.json.encode(manifest))
-    except (OSError, yaml.YAMLError, WireError, TypeError) as exc:
-        raise SystemExit(f"error: {ns.pod_file}: {exc}") from None
+        pod = decode_pod(manifest_json(_read(ns.pod_file), ns.pod_file))
+    except ManifestError as exc:
+        raise SystemExit("\n".join(exc.issues)) from None
+    except WireError as exc:
+        raise SystemExit(f"error: {ns.pod_file}: not a Pod manifest: {exc}") from None
     names = [n for n in ns.nodes.split(",") if n] if ns.nodes else list(snap.names)
     at = snap_doc.get("takenAt") or snap.built_at
     evaluation = evaluate(pod, Candidates(names), snap, policy.rules, float(at))

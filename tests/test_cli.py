@@ -126,3 +126,20 @@ def test_a_bad_setting_is_one_error_line(args, env, message):
 def test_a_bad_variable_does_not_break_other_commands():
     res = cli("policy", "check", "config/policy.yaml", env={"PRIORITY_EXTENDER_PORT": "abc"})
     assert res.returncode == 0, res.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["explain", "--admin", "http://127.0.0.1:9", "--pod-file", "missing.yaml"],
+         "error: missing.yaml: No such file or directory"),
+        (["explain", "--admin", "http://127.0.0.1:9", "--pod", "a/b", "--top", "abc"],
+         "error: --top 'abc': give a whole number or 'all'"),
+        (["explain", "--snapshot", "missing.json", "--pod-file", "pod.yaml"],
+         "error: missing.json: [Errno 2] No such file or directory: 'missing.json'"),
+    ],
+)  # fmt: skip
+def test_explain_mistakes_are_one_error_line(args, message):
+    res = cli(*args)
+    assert res.returncode == 1
+    assert res.stderr.strip().splitlines() == [message]
