@@ -448,7 +448,12 @@ def _kb(kb: float) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="priority-extender benchmark suite")
     parser.add_argument("--quick", action="store_true", help="tiny sizes: a smoke test")
-    parser.add_argument("--out", default=str(ROOT / "benchmarks" / "RESULTS.md"))
+    parser.add_argument(
+        "--out",
+        default=str(ROOT / "benchmarks" / "results" / "RESULTS.md"),
+        help="where the report goes (default: the ignored benchmarks/results/); regenerate the "
+        "committed report with --out benchmarks/RESULTS.md",
+    )
     ns = parser.parse_args(argv)
     plan = QUICK if ns.quick else FULL
     start = time.monotonic()
@@ -464,9 +469,30 @@ def main(argv: list[str] | None = None) -> int:
         log("core suite")
         core = core_suite(plan, tmp)
     text = report(plan, rows, extra, core, time.monotonic() - start)
-    Path(ns.out).write_text(text)
+    out = Path(ns.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(text + kept_sections(out))
     print(text)
     return 0
+
+
+#: Sections of the report file that other benchmarks write (bench_scheduler.py), kept when this
+#: suite rewrites the rest.
+KEPT_SECTIONS = ("scheduler-benchmark",)
+
+
+def kept_sections(path: Path) -> str:
+    """The marked sections of ``path`` (``<!-- NAME:begin -->`` .. ``<!-- NAME:end -->``)."""
+    try:
+        old = path.read_text()
+    except OSError:
+        return ""
+    out = []
+    for name in KEPT_SECTIONS:
+        begin, end = f"<!-- {name}:begin -->", f"<!-- {name}:end -->"
+        if begin in old and end in old:
+            out.append("\n" + old[old.index(begin) : old.index(end) + len(end)] + "\n")
+    return "".join(out)
 
 
 if __name__ == "__main__":
