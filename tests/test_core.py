@@ -324,7 +324,8 @@ def test_least_loaded_spreads_and_most_loaded_packs():
 @pytest.mark.parametrize(
     ("p", "reason"),
     [
-        (replace(pod(), owner_kinds=("DaemonSet",)), "daemonset"),
+        (replace(pod(), owner_kinds=("DaemonSet",), pinned_node="a"), "daemonset"),
+        (replace(pod(), owner_kinds=("DaemonSet",)), None),  # claims an owner, not pinned
         (pod(namespace="kube-system"), "namespace"),
         (replace(pod(), labels={"app": "priority-extender"}), "selector"),
         (pod(), None),

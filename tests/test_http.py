@@ -179,7 +179,9 @@ async def test_admin_probes_and_metrics(aiohttp_client, ext):
 
 
 async def test_burst_of_32_callers_is_shed_fast_not_queued(aiohttp_client):
-    ext = await make_extender(max_inflight=4)
+    # The four admitted callers hold their slots with slow bodies: a long body deadline keeps
+    # them admitted on a loaded machine.
+    ext = await make_extender(max_inflight=4, body_timeout=30.0)
     client = await aiohttp_client(ext.scheduler_app())
     body = fixture_bytes("filter-nodecache-true.json")
     release = asyncio.Event()

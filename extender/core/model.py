@@ -51,6 +51,9 @@ class PodInfo:
     init_containers: tuple[ContainerResources, ...] = ()
     overhead_cpu: float = 0.0
     overhead_memory: float = 0.0
+    pinned_node: str = ""
+    """The one node the pod's required node affinity pins it to by ``metadata.name``, written
+    the way the DaemonSet controller schedules its pods; "" when it has no such affinity."""
 
 
 @dataclass(frozen=True, slots=True)

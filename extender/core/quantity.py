@@ -60,7 +60,15 @@ def _parse(text: str | int | float) -> float:
     if isinstance(text, bool):
         raise QuantityError(f"invalid quantity {text!r}: expected a string or number")
     if isinstance(text, int | float):
-        value = float(text)
+        try:
+            value = float(text)
+        except OverflowError:
+            # A JSON integer of hundreds of digits: beyond any float. Not printed (str() of an
+            # int past 4,300 digits raises too): its size in bits says enough.
+            bits = text.bit_length() if isinstance(text, int) else 0
+            raise QuantityError(
+                f"invalid quantity: an integer of {bits} bits is out of range"
+            ) from None
     else:
         if not isinstance(text, str) or len(text) > MAX_QUANTITY_LENGTH:
             raise QuantityError(f"invalid quantity {str(text)[:MAX_QUANTITY_LENGTH]!r}")

@@ -18,6 +18,7 @@ from collections.abc import Callable
 from typing import Any
 
 from aiohttp import web
+from multidict import CIMultiDictProxy
 
 from extender.core import Candidates, evaluate, snapshot_to_dict, summarize
 from extender.policy.yamlpos import ManifestError, manifest_json
@@ -29,6 +30,25 @@ from extender.wire import WireError, decode_pod
 MAX_MANIFEST_BYTES = 1 << 20
 #: Nodes whose full inputs are listed unless ``top`` says otherwise.
 DEFAULT_TOP = 5
+
+
+def content_encoding_problem(headers: CIMultiDictProxy[str]) -> str | None:
+    """Why a request's ``Content-Encoding`` is refused, or None for none or ``identity``.
+
+    Both ports serve with aiohttp's ``auto_decompress`` off and refuse any other encoding with
+    415 before a byte of the body is read: kube-scheduler never compresses, and a 1 MB gzip body
+    inflates to 1 GiB before any size limit could see it.
+    """
+    values = headers.getall("Content-Encoding", [])
+    codings = [c.strip().lower() for value in values for c in value.split(",")]
+    refused = [c for c in codings if c and c != "identity"]
+    if not refused:
+        return None
+    shown = ", ".join(refused)[:100]
+    return (
+        f"unsupported Content-Encoding {shown!r}: send the body uncompressed (identity); "
+        "kube-scheduler never compresses its requests"
+    )
 
 
 def _error(status: int, message: str) -> web.Response:
@@ -71,10 +91,23 @@ class AdminViews:
         found = self.log.find(pod)
         if not found:
             return _error(404, f"no recent decision for pod {pod!r} (the log keeps the latest)")
-        out = [{"at": d.at, "verb": d.verb, **summarize(d.evaluation, top)} for d in found]
+        out = [
+            {
+                "at": d.at,
+                "verb": d.verb,
+                **summarize(d.evaluation, top),
+                **({"note": d.note} if d.note else {}),
+            }
+            for d in found
+        ]
         return web.json_response(out, dumps=_dumps)
 
     async def dry_run(self, request: web.Request) -> web.Response:
+        refused = content_encoding_problem(request.headers)
+        if refused is not None:
+            return _error(415, refused)
+        if request.content_length is not None and request.content_length > MAX_MANIFEST_BYTES:
+            return _error(413, f"manifest larger than {MAX_MANIFEST_BYTES} bytes")
         body = await request.content.read(MAX_MANIFEST_BYTES + 1)
         if len(body) > MAX_MANIFEST_BYTES:
             return _error(413, f"manifest larger than {MAX_MANIFEST_BYTES} bytes")

@@ -1,10 +1,12 @@
 """The aiohttp service: the scheduler port (filter, prioritize, preempt) and the admin port.
 
-This layer owns HTTP only: admission (the in-flight limit, shed with a fast 503), the body size
-limit and Content-Type, abandoned callers, status codes, the request metrics and the routes.
+This layer owns HTTP only: admission (the in-flight limit and the in-flight body bytes, shed
+with a fast 503), the body deadline, size limit, Content-Type and Content-Encoding, abandoned
+callers, status codes, the request metrics and the routes.
 What a verb means (decode, decide, encode, fail open, the decision log) is
 :class:`extender.verbs.Verbs`; a handler reads the body and hands it over. The request path
-performs no network call and never awaits anything but the request body:
+performs no network call and never awaits anything but the request body (and, for a large
+body, the worker thread that decides it, so the event loop keeps answering):
 
 * a malformed, oversized or wrongly typed request gets a 4xx whose JSON body names the problem
   (filter-shaped, with the message in ``Error``);
@@ -14,17 +16,22 @@ performs no network call and never awaits anything but the request body:
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from http import HTTPStatus
 from typing import Literal
 
 from aiohttp import web
+from aiohttp.web_protocol import RequestHandler
+from aiohttp.web_request import BaseRequest
+from aiohttp.web_server import Server
 from prometheus_client.aiohttp import make_aiohttp_handler
 
-from extender.errors import PriorityExtenderError
-from extender.server.admin import AdminViews
+from extender.errors import ConfigError, PriorityExtenderError
+from extender.server.admin import AdminViews, content_encoding_problem
 from extender.server.metrics import WAITING_WINDOW_S, Metrics
 from extender.server.tls import TLSFiles
 from extender.store import SnapshotStore
@@ -39,6 +46,55 @@ JSON = "application/json"
 #: Default request size limit: a full Node list of about 8,000 nodes (15 KB each). aiohttp's own
 #: default of 1 MiB would turn a 100-node full-node request into a 413 that fails the pod.
 DEFAULT_MAX_REQUEST_BYTES = 128 << 20
+
+#: Deadline on receiving a whole request body, from the moment its headers are in. The shipped
+#: kube-scheduler configuration gives an extender call ``httpTimeout: 1s`` for everything
+#: (sending the body, deciding, answering); a body still arriving after half of that belongs to
+#: a caller that will have given up before it could be answered, or to one that stalls on
+#: purpose (16 of those used to hold every slot for as long as they liked). Half leaves the
+#: other half for the decision. Loopback and in-cluster links move the 77 MB full-node body of
+#: 5,000 nodes in well under this; a slower network wants ``nodeCacheCapable: true`` anyway.
+DEFAULT_BODY_TIMEOUT_S = 0.5
+#: How long a scheduler-port connection may sit without a complete request: aiohttp's one timer
+#: for both an idle keep-alive connection and one still sending its headers (aiohttp 3.14 has no
+#: separate header deadline). Longer than Go's ``http.Transport`` ``IdleConnTimeout`` (90 s,
+#: what kube-scheduler's extender client uses), so the client always closes an idle connection
+#: first and never races a server-side close with a POST it cannot retry. A connection stuck in
+#: its headers holds no slot and no body bytes meanwhile: it costs a socket, not service.
+DEFAULT_IDLE_TIMEOUT_S = 100.0
+#: Bodies of at least this many bytes are decided in a worker thread, one at a time, so the
+#: event loop keeps answering other callers and probes. Measured on this 2-core machine while
+#: a test suite ran (docs/reliability.md, "Large bodies"): a verb handles 3.3 KB/ms of the
+#: slowest body shape (pods of many containers), 5-15 KB/ms of preemption candidates, ~10 KB/ms
+#: of node names and 85-230 KB/ms of full Nodes; 128 KiB is then at most ~40 ms on the loop,
+#: and every real names-only call (5,000 nodes is ~82 KB) stays there, without a thread hop.
+DEFAULT_OFFLOAD_BYTES = 128 << 10
+#: Sum of request bodies held at once (being read or decided) on the scheduler port. From the
+#: Deployment's 1 GiB memory limit (deploy/base/deployment.yaml), measured: a full-node body
+#: costs about 2.2 times its size in RSS while it is decided (the chunks read, the joined body,
+#: the reply carrying the kept Nodes back, its write buffer; sixteen 100 MB bodies at once
+#: against this default admitted two and peaked at 586 MB RSS, from 80 MB idle):
+#:   1024 MiB limit
+#:   - 256 MiB working set (the memory request: process, cluster cache, metrics)
+#:   -  64 MiB decision log (extender.verbs.decisions.MAX_BYTES)
+#:   - 2.2 x 256 MiB = 563 MiB for the bodies in flight and what deciding them costs
+#:   = 141 MiB margin (allocator fragmentation, a scrape, a policy reload).
+#: Over it, a request whose Content-Length would cross it gets a fast 503 before its body is
+#: read, and a streamed body that crosses it is cut with the same 503. Bytes are counted as
+#: they arrive (a caller that declares 100 MB and sends nothing holds nothing), and large or
+#: chunked bodies may fill it only up to :func:`small_headroom` short of the top, so that
+#: kube-scheduler's small names-only calls always fit while large bodies stream in.
+DEFAULT_MAX_BODY_BYTES_IN_FLIGHT = 256 << 20
+
+
+def small_headroom(settings: ServerSettings) -> int:
+    """Budget bytes only small requests (a declared length under ``offload_bytes``) may use:
+    one small body for every slot."""
+    return settings.max_inflight * settings.offload_bytes
+
+
+class SettingsError(ConfigError, ValueError):
+    """Server settings that cannot work together; the message names them."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,6 +121,16 @@ class ServerSettings:
     reaches kube-proxy. 0 for a localhost sidecar, where nothing routes through a Service."""
     reload_interval: float = 10.0
     """Safety-net period of the policy file content check (the directory is also watched)."""
+    body_timeout: float = DEFAULT_BODY_TIMEOUT_S
+    """Seconds a request body may take to arrive once its headers are in; then 408 and the
+    connection closed, counted as ``outcome="timeout"``."""
+    idle_timeout: float = DEFAULT_IDLE_TIMEOUT_S
+    """Seconds a scheduler-port connection may go without a complete request (keep-alive idle
+    time, and the deadline on headers)."""
+    offload_bytes: int = DEFAULT_OFFLOAD_BYTES
+    """Bodies at least this large are decided in a worker thread, off the event loop."""
+    max_body_bytes_in_flight: int = DEFAULT_MAX_BODY_BYTES_IN_FLIGHT
+    """Request body bytes held at once on the scheduler port; more get a fast 503."""
     tls: TLSFiles | None = None
     """Serve the scheduler port over HTTPS (and require client certificates if a CA is set)."""
     kubernetes: Literal["auto", "off"] = "off"
@@ -73,6 +139,17 @@ class ServerSettings:
     and tests never reach a cluster by accident; ``serve`` defaults to ``auto``."""
     kubeconfig: str | None = None
     """An explicit kubeconfig file for ``auto`` (one that does not load stops start-up)."""
+
+    def __post_init__(self) -> None:
+        if self.max_body_bytes_in_flight < self.max_request_bytes + small_headroom(self):
+            raise SettingsError(
+                f"max_body_bytes_in_flight ({self.max_body_bytes_in_flight}) is below "
+                f"max_request_bytes ({self.max_request_bytes}) plus the headroom kept for small "
+                f"requests (max_inflight x offload_bytes = {small_headroom(self)}): a request "
+                "of the largest accepted size could never be admitted"
+            )
+        if not self.body_timeout > 0 or not self.idle_timeout > 0:
+            raise SettingsError("body_timeout and idle_timeout must be positive")
 
 
 class BadRequest(PriorityExtenderError):
@@ -114,6 +191,11 @@ class Extender:
             lambda now: self.decisions.waiting(now, WAITING_WINDOW_S),
         )
         self._inflight = 0
+        self._full_since: float | None = None
+        """``time.monotonic()`` since which every slot has been taken, None while one is free."""
+        self._body_bytes = 0
+        self._offload = asyncio.Semaphore(1)
+        self.readiness_checks.append(self._port_not_ready)
 
     @property
     def victim_lookup(self) -> VictimLookup:
@@ -124,57 +206,133 @@ class Extender:
     def victim_lookup(self, lookup: VictimLookup) -> None:
         self.verbs.victim_lookup = lookup
 
-    async def _read(self, request: web.Request, verb: str) -> bytes:
+    @property
+    def body_bytes_in_flight(self) -> int:
+        """Request body bytes held right now (being read or decided)."""
+        return self._body_bytes
+
+    def _port_not_ready(self) -> str | None:
+        """A readiness check: the scheduler port cannot answer when every slot has been taken
+        for longer than the body deadline (slow decisions, or callers that keep every slot)."""
+        if self._full_since is None:
+            return None
+        busy = time.monotonic() - self._full_since
+        if busy <= self.settings.body_timeout:
+            return None
+        return (
+            f"scheduler port saturated: all {self.settings.max_inflight} request slots busy "
+            f"for {busy:.1f} s (longer than the {self.settings.body_timeout} s body deadline)"
+        )
+
+    def _budget(self, request: web.Request) -> int:
+        """The in-flight body bytes this request may fill up to: all of them for a small
+        declared body, all but :func:`small_headroom` for a large or chunked one."""
+        length = request.content_length
+        if length is not None and length < self.settings.offload_bytes:
+            return self.settings.max_body_bytes_in_flight
+        return self.settings.max_body_bytes_in_flight - small_headroom(self.settings)
+
+    def _admit_problem(self, request: web.Request) -> BadRequest | None:
+        """What refuses a request from its headers alone, before any slot or byte is spent."""
+        refused = content_encoding_problem(request.headers)
+        if refused is not None:
+            return BadRequest(415, refused)
         ctype = request.headers.get("Content-Type", JSON).split(";")[0].strip().lower()
         if ctype not in (JSON, "", "text/json"):
-            raise BadRequest(415, f"unsupported Content-Type {ctype!r}: send {JSON}")
+            return BadRequest(415, f"unsupported Content-Type {ctype!r}: send {JSON}")
         limit = self.settings.max_request_bytes
-        if request.content_length is not None and request.content_length > limit:
-            raise BadRequest(413, _too_large(request.content_length, limit), "too_large")
+        length = request.content_length
+        if length is not None and length > limit:
+            return BadRequest(413, _too_large(length, limit), "too_large")
+        budget = self._budget(request)
+        if length is not None and self._body_bytes + length > budget:
+            return BadRequest(503, _over_budget(self._body_bytes, length, budget), "overloaded")
+        if self._inflight >= self.settings.max_inflight:
+            # Shed load before reading the body: memory stays bounded by max_inflight bodies.
+            return BadRequest(
+                503,
+                f"overloaded: {self._inflight} requests in flight "
+                f"(limit {self.settings.max_inflight}); retry",
+                "overloaded",
+            )
+        return None
+
+    async def _read(self, request: web.Request, hold: _Held) -> bytes:
+        """The body within the deadline, the size limit and the in-flight byte budget; every
+        byte received is counted in ``hold`` (released by the caller)."""
+        limit = self.settings.max_request_bytes
+        budget = self._budget(request)
+        chunks: list[bytes] = []
         try:
-            body = await request.read()
-        except web.HTTPRequestEntityTooLarge:
-            raise BadRequest(413, _too_large(None, limit), "too_large") from None
+            async with asyncio.timeout(self.settings.body_timeout):
+                while chunk := await request.content.readany():
+                    if hold.bytes + len(chunk) > limit:
+                        raise BadRequest(413, _too_large(None, limit), "too_large")
+                    if self._body_bytes + len(chunk) > budget:
+                        raise BadRequest(
+                            503,
+                            _over_budget(self._body_bytes, hold.bytes + len(chunk), budget),
+                            "overloaded",
+                        )
+                    hold.add(self, len(chunk))
+                    chunks.append(chunk)
+        except TimeoutError:
+            raise BadRequest(
+                408,
+                f"request body not received within {self.settings.body_timeout} s "
+                f"({hold.bytes} bytes arrived); the connection is closed",
+                "timeout",
+            ) from None
         except ConnectionResetError:
             # The caller went away mid-body (its timeout, or a crash): nobody to answer.
             raise BadRequest(
                 499, "caller disconnected while sending the body", "abandoned"
             ) from None
-        self.metrics.request_bytes.labels(verb).observe(len(body))
-        return body
+        return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
-    async def _handle(self, request: web.Request, verb: str) -> web.Response:
-        if self._inflight >= self.settings.max_inflight:
-            # Shed load before reading the body: memory stays bounded by max_inflight bodies.
-            self.metrics.requests.labels(verb, "overloaded").inc()
-            return web.Response(
-                status=503,
-                body=encode_error(
-                    f"overloaded: {self._inflight} requests in flight "
-                    f"(limit {self.settings.max_inflight}); retry"
-                ),
-                content_type=JSON,
-                headers={"Retry-After": "1"},
-            )
+    async def _handle(self, request: web.Request, verb: str) -> web.StreamResponse:
+        refused = self._admit_problem(request)
+        if refused is not None:
+            return self._refuse(verb, refused, request)
         self._inflight += 1
+        if self._inflight >= self.settings.max_inflight and self._full_since is None:
+            self._full_since = time.monotonic()
+        hold = _Held()
         try:
-            return await self._handle_admitted(request, verb)
+            return await self._handle_admitted(request, verb, hold)
         finally:
             self._inflight -= 1
+            if self._inflight < self.settings.max_inflight:
+                self._full_since = None
+            hold.release(self)
 
-    async def _handle_admitted(self, request: web.Request, verb: str) -> web.Response:
+    def _refuse(self, verb: str, exc: BadRequest, request: web.Request) -> web.StreamResponse:
+        self.metrics.requests.labels(verb, exc.outcome).inc()
+        if exc.outcome == "abandoned":
+            log.info("%s: %s", verb, exc.message)
+            return web.Response(status=499, body=b"")
+        log.warning("%s: rejected request: %s", verb, exc.message)
+        response = web.Response(
+            status=exc.status,
+            body=encode_error(exc.message),
+            content_type=JSON,
+            headers={"Retry-After": "1"} if exc.status == 503 else None,
+        )
+        if not request.content.at_eof():
+            # A body left unread (stalled, too large, refused): close instead of
+            # draining it, so the connection holds nothing once the answer is out.
+            response.force_close()
+        return response
+
+    async def _handle_admitted(
+        self, request: web.Request, verb: str, hold: _Held
+    ) -> web.StreamResponse:
         start = time.perf_counter()
         try:
-            body = await self._read(request, verb)
+            body = await self._read(request, hold)
         except BadRequest as exc:
-            self.metrics.requests.labels(verb, exc.outcome).inc()
-            if exc.outcome == "abandoned":
-                log.info("%s: %s", verb, exc.message)
-                return web.Response(status=499, body=b"")
-            log.warning("%s: rejected request: %s", verb, exc.message)
-            return web.Response(
-                status=exc.status, body=encode_error(exc.message), content_type=JSON
-            )
+            return self._refuse(verb, exc, request)
+        self.metrics.request_bytes.labels(verb).observe(len(body))
         transport = request.transport
         if transport is None or transport.is_closing():
             # The caller gave up (kube-scheduler's httpTimeout) while the body was read: the
@@ -182,19 +340,26 @@ class Extender:
             self.metrics.requests.labels(verb, "abandoned").inc()
             log.info("%s: caller disconnected before the decision; dropped", verb)
             return web.Response(status=499, body=b"")
-        reply: Reply = self.verbs.call(verb, body)
+        if len(body) >= self.settings.offload_bytes:
+            # A large body takes long enough to decode and decide that the event loop would
+            # stop answering everyone else: a worker thread, one at a time (the memory budget
+            # counts one decoded body beside the raw ones).
+            async with self._offload:
+                reply: Reply = await asyncio.to_thread(self.verbs.call, verb, body)
+        else:
+            reply = self.verbs.call(verb, body)
         self.metrics.requests.labels(verb, reply.outcome).inc()
         if reply.status == 200:
             self.metrics.latency.labels(verb).observe(time.perf_counter() - start)
         return web.Response(status=reply.status, body=reply.body, content_type=JSON)
 
-    async def filter(self, request: web.Request) -> web.Response:
+    async def filter(self, request: web.Request) -> web.StreamResponse:
         return await self._handle(request, "filter")
 
-    async def prioritize(self, request: web.Request) -> web.Response:
+    async def prioritize(self, request: web.Request) -> web.StreamResponse:
         return await self._handle(request, "prioritize")
 
-    async def preempt(self, request: web.Request) -> web.Response:
+    async def preempt(self, request: web.Request) -> web.StreamResponse:
         """Drop candidates where the preemptor would still be rejected after the evictions."""
         return await self._handle(request, "preempt")
 
@@ -238,7 +403,13 @@ class Extender:
 
     def scheduler_app(self) -> web.Application:
         app = web.Application(
-            client_max_size=self.settings.max_request_bytes, middlewares=[json_errors]
+            client_max_size=self.settings.max_request_bytes,
+            middlewares=[json_errors],
+            # Bodies are read as sent: a compressed one is refused (415), never inflated.
+            handler_args={
+                "auto_decompress": False,
+                "keepalive_timeout": self.settings.idle_timeout,
+            },
         )
         prefix = self.settings.url_prefix.rstrip("/")
         app.router.add_post(f"{prefix}/filter", self.filter)
@@ -247,12 +418,36 @@ class Extender:
         return app
 
     def admin_app(self) -> web.Application:
-        app = web.Application(middlewares=[json_errors])
+        app = web.Application(middlewares=[json_errors], handler_args={"auto_decompress": False})
         app.router.add_get("/livez", self.livez)
         app.router.add_get("/readyz", self.readyz)
         app.router.add_get("/metrics", make_aiohttp_handler(self.metrics.registry))
         AdminViews(self.store, self.decisions, self.clock).add_routes(app)
         return app
+
+
+class _Held:
+    """The body bytes one request holds, added to and released from the extender's total."""
+
+    __slots__ = ("bytes",)
+
+    def __init__(self) -> None:
+        self.bytes = 0
+
+    def add(self, ext: Extender, n: int) -> None:
+        self.bytes += n
+        ext._body_bytes += n
+
+    def release(self, ext: Extender) -> None:
+        ext._body_bytes -= self.bytes
+        self.bytes = 0
+
+
+def _over_budget(held: int, more: int, budget: int) -> str:
+    return (
+        f"overloaded: request bodies in flight hold {held} bytes; {more} more would pass the "
+        f"limit of {budget} (max_body_bytes_in_flight); retry"
+    )
 
 
 def _too_large(size: int | None, limit: int) -> str:
@@ -288,3 +483,54 @@ async def json_errors(request: web.Request, handler: Handler) -> web.StreamRespo
 def _allow(exc: web.HTTPException) -> dict[str, str]:
     allow = exc.headers.get("Allow")
     return {"Allow": allow} if allow else {}
+
+
+class _JsonErrorHandler(RequestHandler):
+    """aiohttp's connection handler, answering what its HTTP parser refuses (an unknown method,
+    a malformed request line or header) with a JSON body like every other error, instead of
+    plain text, and logging one line instead of a traceback."""
+
+    __slots__ = ()
+
+    def handle_error(
+        self,
+        request: BaseRequest,
+        status: int = 500,
+        exc: BaseException | None = None,
+        message: str | None = None,
+    ) -> web.StreamResponse:
+        if request.writer.output_size > 0:
+            raise ConnectionError("the response is already being sent; cannot send an error")
+        if status >= 500:
+            text = "internal error"
+            log.error("internal error on %s %s", request.method, request.path, exc_info=exc)
+        else:
+            detail = getattr(exc, "message", None) or message or str(exc or "")
+            # The parser's message spans lines (it draws a caret): one line, bounded.
+            text = f"{HTTPStatus(status).phrase}: {' '.join(str(detail).split())[:200]}"
+            log.warning("rejected a malformed HTTP request: %r", text)
+        response = web.Response(status=status, body=encode_error(text), content_type=JSON)
+        response.force_close()
+        return response
+
+
+class _JsonErrorServer(Server):
+    def __call__(self) -> RequestHandler:
+        handler = super().__call__()
+        handler.__class__ = _JsonErrorHandler  # same slots: only handle_error differs
+        return handler
+
+
+class _JsonErrorRunner(web.AppRunner):
+    async def _make_server(self) -> Server:
+        server = await super()._make_server()
+        # aiohttp builds the Server inside the application; only its connection handler
+        # class differs, so the instance is re-classed rather than rebuilt.
+        server.__class__ = _JsonErrorServer
+        return server
+
+
+def scheduler_runner(app: web.Application, **kwargs: object) -> web.AppRunner:
+    """The runner to serve ``app`` with (``web.AppRunner`` kwargs): errors of aiohttp's own
+    HTTP parser (a method ``FOO``, a broken header) answer JSON like every other error."""
+    return _JsonErrorRunner(app, **kwargs)  # type: ignore[arg-type]

@@ -55,7 +55,17 @@ SIZE_BUCKETS = (1e3, 1e4, 1e5, 1e6, 1e7, 1e8)
 #: unschedulable pod at least every 5 minutes, so a pod still pending has a decision this recent.
 WAITING_WINDOW_S = 300.0
 
-OUTCOMES = ("ok", "bad_request", "too_large", "fail_open", "abandoned", "overloaded")
+OUTCOMES = (
+    "ok",
+    "bad_request",
+    "too_large",
+    "fail_open",
+    "abandoned",
+    "overloaded",
+    "timeout",
+)
+"""``priority_extender_requests_total`` outcomes. ``timeout``: the body did not arrive within
+the body deadline (a stalled caller, cut with 408 and its connection closed)."""
 PREEMPT_RESULTS = (
     "kept",
     "dropped_live_load",

@@ -16,7 +16,7 @@ from prometheus_client import CollectorRegistry
 from extender.cluster import ClusterSource, start_cluster
 from extender.cluster.settings import DEFAULT_SETTINGS, ClusterSettings
 from extender.policy import LoadedPolicy
-from extender.server.app import Extender, ServerSettings
+from extender.server.app import Extender, ServerSettings, scheduler_runner
 from extender.server.metrics import ClusterCollector, Metrics
 from extender.server.reload import PolicyReloader
 from extender.server.tls import CertReloader, server_context
@@ -177,7 +177,8 @@ async def running(
             ("scheduler", extender.scheduler_app(), settings.host, settings.port, ssl_context),
             ("admin", extender.admin_app(), settings.admin_host, settings.admin_port, None),
         ):
-            runner = web.AppRunner(app, access_log=None, shutdown_timeout=settings.shutdown_timeout)
+            make = scheduler_runner if name == "scheduler" else web.AppRunner
+            runner = make(app, access_log=None, shutdown_timeout=settings.shutdown_timeout)
             await runner.setup()
             runners.append(runner)
             await web.TCPSite(runner, host, port, ssl_context=ctx).start()

@@ -1,24 +1,62 @@
 """A bounded in-memory log of recent decisions, readable by pod on the admin port.
 
-Recording costs the request path one ``deque.append`` of a reference: the evaluation already
-holds every array its explanation needs, and explanations are rendered only when asked for.
-The log is bounded by decisions *and* by the candidate nodes they hold, so a run of 5,000-node
-requests cannot grow it past a few tens of MB.
+Recording costs the request path a slimmed copy of the pod and one ``deque.append``: the
+evaluation already holds every array its explanation needs, and explanations are rendered only
+when asked for.
+
+What is kept of a pod is what explain shows and what the log is searched by: namespace, name,
+UID, priority, priority class, owner kinds, and its labels up to :data:`MAX_POD_LABEL_BYTES`
+(the rest dropped, with a :attr:`Decision.note` saying how many; the decision itself was taken
+on every label). Containers are not kept: their estimate is (``Evaluation.estimate``). Without
+this, 2,100 pods with 256 KiB of labels each (valid syntax: a Deployment copies its template's
+labels into every replica) held +750 MB for as long as they stayed in the log.
+
+The log is bounded three ways, the oldest decisions dropped first:
+
+* :data:`MAX_DECISIONS` entries;
+* :data:`MAX_CANDIDATES` candidate nodes across entries (the arrays of an evaluation);
+* :data:`MAX_BYTES` estimated bytes across entries (:func:`entry_bytes`: the arrays, the
+  candidate names and the kept pod), so that neither long node names nor fat pods can grow it.
+
+It may be written from a worker thread (large requests are decided off the event loop) while
+the event loop reads it, so every access holds a lock.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import sys
+import threading
 from collections import deque
 from dataclasses import dataclass
 
-from extender.core import Evaluation
+from extender.core import Evaluation, PodInfo
 
 #: Decisions kept at most. At the scheduler's few hundred pods a second this is the last few
 #: seconds of a busy cluster, and minutes to hours of a quiet one.
 MAX_DECISIONS = 2048
 #: Candidate nodes held across all kept decisions. An evaluation costs about 250 bytes a
-#: candidate (its arrays), so this bounds the log near 50 MB.
+#: candidate (its arrays), so this bounds the arrays near 50 MB.
 MAX_CANDIDATES = 200_000
+#: Estimated bytes held across all kept decisions: the 50 MB of arrays above plus room for the
+#: names and pods of 2,048 entries. The Deployment's 1 GiB limit budgets 64 MiB for the log
+#: (docs/reliability.md, "Memory").
+MAX_BYTES = 64 << 20
+#: Label bytes (keys plus values) kept per pod. Real pods carry a few hundred bytes of labels;
+#: 4 KiB keeps every one of them whole and bounds 2,048 fat pods at 8 MiB.
+MAX_POD_LABEL_BYTES = 4096
+#: Owner references kept per pod (a pod has one controller; a few more are kept for explain).
+MAX_OWNERS = 8
+#: Longest namespace, name or UID kept: a DNS subdomain's 253 characters, the longest the API
+#: server admits (anything longer is hostile and only needs to be recognisable).
+MAX_NAME_CHARS = 253
+#: Bytes of one candidate's arrays in an evaluation (about 30 numpy values of 8 bytes).
+ARRAY_BYTES_PER_CANDIDATE = 250
+#: CPython's cost of a str object beyond its characters (``sys.getsizeof("")``).
+STR_OVERHEAD = sys.getsizeof("")
+#: The evaluation, its Decision, the slim PodInfo and the numpy array headers (~30 arrays of
+#: ~112 bytes each), counted once per entry.
+ENTRY_OVERHEAD = 4096
 
 
 @dataclass(frozen=True, slots=True)
@@ -26,16 +64,77 @@ class Decision:
     at: float
     verb: str
     evaluation: Evaluation
+    note: str | None = None
+    """Set when the log kept less of the pod than the decision saw (labels truncated)."""
+
+
+def slim_pod(pod: PodInfo) -> tuple[PodInfo, str | None]:
+    """What the log keeps of a pod (see the module docstring), and a note when labels were
+    dropped. Returns ``pod`` itself when nothing needs cutting but its containers."""
+    note = None
+    labels = dict(pod.labels)
+    used = sum(len(k) + len(v) for k, v in labels.items())
+    if used > MAX_POD_LABEL_BYTES:
+        kept: dict[str, str] = {}
+        used = 0
+        for key, value in labels.items():
+            cost = len(key) + len(value)
+            if used + cost > MAX_POD_LABEL_BYTES:
+                continue
+            kept[key] = value
+            used += cost
+        note = (
+            f"labels truncated in the decision log: {len(kept)} of {len(labels)} kept "
+            f"(at most {MAX_POD_LABEL_BYTES} bytes a pod); the decision saw all of them"
+        )
+        labels = kept
+    return (
+        dataclasses.replace(
+            pod,
+            namespace=pod.namespace[:MAX_NAME_CHARS],
+            name=pod.name[:MAX_NAME_CHARS],
+            uid=pod.uid[:MAX_NAME_CHARS],
+            priority_class_name=pod.priority_class_name[:MAX_NAME_CHARS],
+            labels=labels,
+            owner_kinds=tuple(k[:MAX_NAME_CHARS] for k in pod.owner_kinds[:MAX_OWNERS]),
+            containers=(),
+            init_containers=(),
+        ),
+        note,
+    )
+
+
+def entry_bytes(evaluation: Evaluation) -> int:
+    """Estimated bytes an evaluation holds once its pod is slimmed: the arrays, the candidate
+    names (their characters plus the str overhead) and the pod's strings."""
+    names = evaluation.names
+    pod = evaluation.pod
+    pod_strings = [pod.namespace, pod.name, pod.uid, pod.priority_class_name, *pod.owner_kinds]
+    pod_strings += [*pod.labels.keys(), *pod.labels.values()]
+    return (
+        ENTRY_OVERHEAD
+        + len(names) * (ARRAY_BYTES_PER_CANDIDATE + STR_OVERHEAD)
+        + sum(map(len, names))
+        + sum(map(len, pod_strings))
+        + len(pod_strings) * STR_OVERHEAD
+    )
 
 
 class DecisionLog:
     def __init__(
-        self, max_decisions: int = MAX_DECISIONS, max_candidates: int = MAX_CANDIDATES
+        self,
+        max_decisions: int = MAX_DECISIONS,
+        max_candidates: int = MAX_CANDIDATES,
+        max_bytes: int = MAX_BYTES,
     ) -> None:
         self.max_decisions = max_decisions
         self.max_candidates = max_candidates
-        self._entries: deque[Decision] = deque()
+        self.max_bytes = max_bytes
+        self._entries: deque[tuple[Decision, int]] = deque()
+        """Each decision with its :func:`entry_bytes`."""
         self._candidates = 0
+        self._bytes = 0
+        self._lock = threading.Lock()
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -44,19 +143,36 @@ class DecisionLog:
     def candidates(self) -> int:
         return self._candidates
 
+    @property
+    def bytes(self) -> int:
+        """Estimated bytes held (:func:`entry_bytes` summed), at most :attr:`max_bytes`."""
+        return self._bytes
+
     def add(self, verb: str, evaluation: Evaluation, at: float) -> None:
-        self._entries.append(Decision(at, verb, evaluation))
-        self._candidates += len(evaluation.names)
-        while self._entries and (
-            len(self._entries) > self.max_decisions or self._candidates > self.max_candidates
-        ):
-            old = self._entries.popleft()
-            self._candidates -= len(old.evaluation.names)
+        pod, note = slim_pod(evaluation.pod)
+        evaluation = dataclasses.replace(evaluation, pod=pod)
+        size = entry_bytes(evaluation)
+        with self._lock:
+            self._entries.append((Decision(at, verb, evaluation, note), size))
+            self._candidates += len(evaluation.names)
+            self._bytes += size
+            while self._entries and (
+                len(self._entries) > self.max_decisions
+                or self._candidates > self.max_candidates
+                or self._bytes > self.max_bytes
+            ):
+                old, old_size = self._entries.popleft()
+                self._candidates -= len(old.evaluation.names)
+                self._bytes -= old_size
+
+    def _newest_first(self) -> list[Decision]:
+        with self._lock:
+            return [d for d, _ in reversed(self._entries)]
 
     def find(self, pod: str) -> list[Decision]:
         """Decisions for a pod given as ``namespace/name`` or by UID, newest first."""
         out = []
-        for d in reversed(self._entries):
+        for d in self._newest_first():
             p = d.evaluation.pod
             if pod in (p.uid, f"{p.namespace}/{p.name}"):
                 out.append(d)
@@ -67,7 +183,7 @@ class DecisionLog:
         node: the pods the policy keeps pending right now (scrape time, not the request path)."""
         seen: set[str] = set()
         out: dict[str, int] = {}
-        for d in reversed(self._entries):
+        for d in self._newest_first():
             if d.at < now - window_s:
                 break
             if d.verb != "filter":

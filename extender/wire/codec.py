@@ -11,7 +11,7 @@ filter reply carries the kept Nodes back byte for byte, never decoded and re-enc
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Annotated, Any, TypeVar
 
 import msgspec
 import numpy as np
@@ -50,6 +50,51 @@ class _OwnerRef(msgspec.Struct):
     kind: str = ""
 
 
+class _FieldRequirement(msgspec.Struct):
+    key: str = ""
+    operator: str = ""
+    values: list[str] | None = None
+
+
+class _NodeSelectorTerm(msgspec.Struct):
+    matchExpressions: list[msgspec.Raw] | None = None
+    """Only whether there are any matters (the DaemonSet controller writes none): kept raw."""
+    matchFields: list[_FieldRequirement] | None = None
+
+
+class _NodeSelector(msgspec.Struct):
+    nodeSelectorTerms: list[_NodeSelectorTerm] | None = None
+
+
+class _NodeAffinity(msgspec.Struct):
+    requiredDuringSchedulingIgnoredDuringExecution: _NodeSelector | None = None
+
+
+class _Affinity(msgspec.Struct):
+    nodeAffinity: _NodeAffinity | None = None
+
+
+#: A Pod's ``spec.priority`` is an int32 in the API; values up to int64 are still answered
+#: (a hostile 2**62 gets a correct answer), a 400-digit integer is a 400 naming the field
+#: instead of a number that travels into every comparison.
+_Priority = Annotated[int, msgspec.Meta(ge=-(2**63), le=2**63 - 1)]
+
+#: Candidate nodes accepted in one request (names, full Nodes or preemption candidates):
+#: 20 times Kubernetes' supported maximum of 5,000 nodes. Each candidate costs ~320 bytes of
+#: decision arrays and strings, so this bounds one request's decision near 32 MB (1e6 names
+#: used to take 1.1 s and ~300 MB).
+MAX_CANDIDATES = 100_000
+#: Raw bytes of a names-only ``NodeNames`` list checked before decoding it: 5,000 nodes of the
+#: longest legal name (253 characters, quoted, a comma) are 1.3 MB; 8 MiB is six times that.
+#: Decoding names holds the GIL (about 4 ns a byte here), so a 128 MiB list of names would
+#: stall the event loop even from a worker thread.
+MAX_NAMES_BYTES = 8 << 20
+#: Raw bytes of one Pod (the preemptor, or a victim) checked before decoding it. etcd stores at
+#: most 1.5 MiB a request by default (``--max-request-bytes``), in protobuf; JSON of the same
+#: pod is at most about twice that. Decoding a pod holds the GIL while it builds its structs.
+MAX_POD_BYTES = 4 << 20
+
+
 class _PodMeta(msgspec.Struct):
     name: str = ""
     namespace: str = ""
@@ -59,11 +104,14 @@ class _PodMeta(msgspec.Struct):
 
 
 class _PodSpec(msgspec.Struct):
-    containers: list[_Container] | None = None
-    initContainers: list[_Container] | None = None
+    containers: list[msgspec.Raw] | None = None
+    """Raw, decoded one by one: 300,000 containers decoded at once held the GIL for over a
+    second; one at a time, a worker thread deciding a large body lets the event loop run."""
+    initContainers: list[msgspec.Raw] | None = None
     overhead: dict[str, str | int | float] | None = None
-    priority: int | None = None
+    priority: _Priority | None = None
     priorityClassName: str | None = None
+    affinity: _Affinity | None = None
 
 
 class _Pod(msgspec.Struct):
@@ -96,12 +144,15 @@ class _Args(msgspec.Struct):
     pod: msgspec.Raw = msgspec.Raw()
     Nodes: _NodeList | None = None
     nodes: _NodeList | None = None
-    NodeNames: list[str] | None = None
-    nodenames: list[str] | None = None
+    NodeNames: msgspec.Raw = msgspec.Raw()
+    """Raw: its size is checked (:data:`MAX_NAMES_BYTES`) before the names are decoded."""
+    nodenames: msgspec.Raw = msgspec.Raw()
 
 
 _args_decoder = msgspec.json.Decoder(_Args)
 _pod_decoder = msgspec.json.Decoder(_Pod)
+_container_decoder = msgspec.json.Decoder(_Container)
+_names_decoder = msgspec.json.Decoder(list[str] | None)
 _node_decoder = msgspec.json.Decoder(_Node)
 
 
@@ -125,7 +176,13 @@ def _qty(value: str | int | float | None, where: str) -> float | None:
         raise WireError(f"{where}: {exc}") from None
 
 
-def _container(c: _Container, where: str) -> ContainerResources:
+def _container(raw: msgspec.Raw, where: str) -> ContainerResources:
+    try:
+        c = _container_decoder.decode(raw)
+    except msgspec.DecodeError as exc:
+        raise WireError(f"{where}: {exc}") from None
+    except RecursionError:
+        raise WireError(f"{where}: {TOO_DEEP}") from None
     res = c.resources
     restartable = c.restartPolicy == "Always"
     if res is None:
@@ -141,12 +198,47 @@ def _container(c: _Container, where: str) -> ContainerResources:
     )
 
 
+#: What a too deeply nested body is told. msgspec recurses on nesting (also to skip an unknown
+#: field) and raises RecursionError near Python's recursion limit (about 1,000 levels); no
+#: Kubernetes object nests past a few dozen.
+TOO_DEEP = "JSON nested too deeply (no Kubernetes object nests more than a few dozen levels)"
+
+
+def _pinned_node(affinity: _Affinity | None) -> str:
+    """The node a pod's required node affinity pins it to by name, written the way the
+    DaemonSet controller writes it (``ReplaceDaemonSetPodNodeNameNodeAffinity``: exactly one
+    term holding exactly one ``metadata.name In [node]`` field requirement); "" otherwise."""
+    node_affinity = affinity.nodeAffinity if affinity is not None else None
+    required = (
+        node_affinity.requiredDuringSchedulingIgnoredDuringExecution
+        if node_affinity is not None
+        else None
+    )
+    terms = required.nodeSelectorTerms if required is not None else None
+    if not terms or len(terms) != 1:
+        return ""
+    term = terms[0]
+    if term.matchExpressions or not term.matchFields or len(term.matchFields) != 1:
+        return ""
+    req = term.matchFields[0]
+    if req.key != "metadata.name" or req.operator != "In" or not req.values:
+        return ""
+    return req.values[0] if len(req.values) == 1 else ""
+
+
 def decode_pod(raw: bytes | msgspec.Raw, where: str = "Pod") -> PodInfo:
     """A v1.Pod's decision fields; raises :class:`WireError` on a malformed pod."""
+    if len(raw) > MAX_POD_BYTES:
+        raise WireError(
+            f"{where}: {len(raw)} bytes of Pod; the API server stores none larger than "
+            f"{MAX_POD_BYTES} bytes of JSON"
+        )
     try:
         pod = _pod_decoder.decode(raw)
     except msgspec.DecodeError as exc:
         raise WireError(f"{where}: {exc}") from None
+    except RecursionError:
+        raise WireError(f"{where}: {TOO_DEEP}") from None
     meta = pod.metadata or _PodMeta()
     spec = pod.spec or _PodSpec()
     overhead = spec.overhead or {}
@@ -158,6 +250,7 @@ def decode_pod(raw: bytes | msgspec.Raw, where: str = "Pod") -> PodInfo:
         priority_class_name=spec.priorityClassName or "",
         labels=meta.labels or {},
         owner_kinds=tuple(o.kind for o in meta.ownerReferences or ()),
+        pinned_node=_pinned_node(spec.affinity),
         containers=tuple(
             _container(c, f"{where}.spec.containers[{i}]")
             for i, c in enumerate(spec.containers or ())
@@ -189,6 +282,8 @@ def decode_envelope(body: bytes, decoder: msgspec.json.Decoder[T], what: str) ->
         raise WireError(f"invalid {what}: {exc}") from None
     except msgspec.DecodeError as exc:
         raise WireError(f"malformed JSON: {exc}") from None
+    except RecursionError:
+        raise WireError(f"invalid {what}: {TOO_DEEP}") from None
 
 
 def pod_field(upper: msgspec.Raw, lower: msgspec.Raw, what: str) -> PodInfo:
@@ -199,12 +294,47 @@ def pod_field(upper: msgspec.Raw, lower: msgspec.Raw, what: str) -> PodInfo:
     return decode_pod(raw)
 
 
+def check_candidates(count: int, what: str) -> None:
+    """Refuse more candidates than :data:`MAX_CANDIDATES`, before deciding any of them."""
+    if count > MAX_CANDIDATES:
+        raise WireError(
+            f"{what}: {count} candidate nodes; at most {MAX_CANDIDATES} are accepted "
+            "(Kubernetes supports 5,000 nodes)"
+        )
+
+
+def _names(raw: msgspec.Raw, key: str) -> list[str] | None:
+    """A names-only candidate list, its size checked before it is decoded; None if absent."""
+    if not _present(raw):
+        return None
+    if len(raw) > MAX_NAMES_BYTES:
+        raise WireError(
+            f"invalid ExtenderArgs: {key} is {len(raw)} bytes; at most {MAX_NAMES_BYTES} "
+            f"are accepted (5,000 names of 253 characters are 1.3 MB)"
+        )
+    try:
+        names = _names_decoder.decode(raw)
+    except msgspec.DecodeError as exc:
+        # The path as if the names were decoded with the envelope: `$.NodeNames[0]`.
+        message = str(exc)
+        at = f"`$.{key}"
+        message = message.replace("`$", at, 1) if " - at `$" in message else f"{message} - at {at}`"
+        raise WireError(f"invalid ExtenderArgs: {message}") from None
+    if names is None:
+        return None
+    check_candidates(len(names), key)
+    return names
+
+
 def decode_args(body: bytes) -> FilterArgs:
     """Decode ExtenderArgs; raise :class:`WireError` naming the problem."""
     args = decode_envelope(body, _args_decoder, "ExtenderArgs")
     pod = pod_field(args.Pod, args.pod, "ExtenderArgs")
     node_list = args.Nodes if args.Nodes is not None else args.nodes
-    names = args.NodeNames if args.NodeNames is not None else args.nodenames
+    upper = _present(args.NodeNames)
+    names = _names(
+        args.NodeNames if upper else args.nodenames, "NodeNames" if upper else "nodenames"
+    )
     if names is not None and node_list is not None:
         raise WireError(
             "invalid ExtenderArgs: both Nodes and NodeNames are set; kube-scheduler sends one "
@@ -215,6 +345,7 @@ def decode_args(body: bytes) -> FilterArgs:
     if node_list is None:
         raise WireError("invalid ExtenderArgs: both Nodes and NodeNames are null")
     items = node_list.items or []
+    check_candidates(len(items), "Nodes.items")
     node_names: list[str] = []
     alloc = np.full((2, len(items)), np.nan)
     for i, raw in enumerate(items):
@@ -223,6 +354,8 @@ def decode_args(body: bytes) -> FilterArgs:
             node = _node_decoder.decode(raw)
         except msgspec.DecodeError as exc:
             raise WireError(f"{where}: {exc}") from None
+        except RecursionError:
+            raise WireError(f"{where}: {TOO_DEEP}") from None
         name = node.metadata.name if node.metadata is not None else ""
         if not name:
             raise WireError(f"{where}: metadata.name is missing")

@@ -19,7 +19,13 @@ from extender.core import (
     Victim,
     estimate_pod,
 )
-from extender.wire.codec import WireError, decode_envelope, decode_pod, pod_field
+from extender.wire.codec import (
+    WireError,
+    check_candidates,
+    decode_envelope,
+    decode_pod,
+    pod_field,
+)
 
 
 class _MetaPod(msgspec.Struct):
@@ -76,6 +82,10 @@ def decode_preempt(body: bytes, estimation: Estimation, lookup: VictimLookup) ->
     )
     candidates: list[PreemptCandidate] = []
     unknown = 0
+    if full is not None:
+        check_candidates(len(full), "NodeNameToVictims")
+    if meta is not None:
+        check_candidates(len(meta), "NodeNameToMetaVictims")
     if full is not None:
         for node, victims in full.items():
             pods = victims.Pods if victims.Pods is not None else victims.pods
