@@ -22,12 +22,15 @@ from dataclasses import dataclass
 from extender.core import NodeInfo, PlacedPod, Sample, Snapshot, build_snapshot
 from extender.core.model import Baseline
 from extender.policy import LoadedPolicy
+from extender.wire.names import NameTable
 
 
 @dataclass(frozen=True, slots=True)
 class State:
     snapshot: Snapshot
     policy: LoadedPolicy
+    names: NameTable
+    """The snapshot's node names as reply fragments (rebuilt only when the names change)."""
 
 
 class SnapshotStore:
@@ -39,6 +42,7 @@ class SnapshotStore:
         self._placements: Sequence[PlacedPod] = ()
         self._nodes_from_cluster = False
         self._source_ok_at: float | None = None
+        self._names: NameTable | None = None
         self._baselines: dict[str, Baseline] = {}
         """Pod UID to its node's (cpu, memory) samples when the pod was first seen bound."""
         self.current: State = self._build()
@@ -56,7 +60,8 @@ class SnapshotStore:
             lag_s=rules.estimation.lag_s,
             baselines=self._baselines,
         )
-        return State(snapshot=snap, policy=self._policy)
+        self._names = NameTable.build(snap.names, self._names)
+        return State(snapshot=snap, policy=self._policy, names=self._names)
 
     def _swap(self) -> None:
         self.current = self._build()

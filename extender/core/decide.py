@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -67,7 +67,10 @@ def tier_for(pod: PodInfo, rules: Rules) -> Tier:
 def bypass_reason(pod: PodInfo, rules: Rules) -> str | None:
     """Why the extender does not judge this pod, or None if it does."""
     b = rules.bypass
-    if b.daemonsets and "DaemonSet" in pod.owner_kinds:
+    # An owner reference is whatever the pod's author wrote; a DaemonSet pod is believed only
+    # when it also carries the controller's own scheduling: a required affinity to exactly one
+    # node by name (see ``PodInfo.pinned_node``).
+    if b.daemonsets and "DaemonSet" in pod.owner_kinds and pod.pinned_node:
         return "daemonset"
     if pod.namespace in b.namespaces:
         return "namespace"
@@ -136,7 +139,7 @@ class Evaluation:
     def reason(self, i: int) -> str | None:
         """Why node ``i`` is (or, in shadow mode or under the floor, would be) rejected."""
         code = int(self.reason_codes[i])
-        return None if code == 0 else self._reason_text(code)
+        return None if code == 0 else self.reason_text(code)
 
     def failed(self) -> dict[str, str]:
         """Rejected node name to reason (all are unresolvable, see the module docstring)."""
@@ -147,12 +150,13 @@ class Evaluation:
         names = self.names
         first = int(codes[0])
         if (codes == first).all():  # the usual case: one reason for every rejected node
-            text = self._reason_text(first)
+            text = self.reason_text(first)
             return dict.fromkeys(map(names.__getitem__, rejected.tolist()), text)
-        texts = {int(c): self._reason_text(int(c)) for c in np.unique(codes).tolist()}
+        texts = {int(c): self.reason_text(int(c)) for c in np.unique(codes).tolist()}
         return {names[i]: texts[c] for i, c in zip(rejected.tolist(), codes.tolist(), strict=True)}
 
-    def _reason_text(self, code: int) -> str:
+    def reason_text(self, code: int) -> str:
+        """The reason text of a reason code (empty for 0, which is no rejection)."""
         if code == 0:
             return ""
         if code == -1:
@@ -247,6 +251,9 @@ class Assessment:
     over every column of a snapshot and then gathered for each request (:func:`assess_all`),
     which is how one pod shape pays the array work once per snapshot rather than per call.
     Elementwise work gives the same values either way, so a gathered decision is the decision.
+
+    The per-node rows are kept stacked (floats, integers, booleans), so that gathering a
+    request's candidates is three ``take`` calls, not one per array.
     """
 
     tier: Tier | None
@@ -255,41 +262,102 @@ class Assessment:
     fallback: bool
     cols: IndexArray
     """Snapshot columns of the rows below (-1: the unknown column)."""
-    values: FloatArray
-    sampled_at: FloatArray
+    floats: FloatArray
+    """Stacked rows: values, sampled_at (signals each), allocatable, placed (resources each),
+    projection, usage (signals each), raw score (one)."""
+    ints: npt.NDArray[np.int64]
+    """Stacked rows: reason codes, scores."""
     fresh: BoolArray
-    allocatable: FloatArray
-    placed: FloatArray
-    projection: FloatArray
-    usage: FloatArray
-    codes: npt.NDArray[np.int64]
-    raw: FloatArray
-    scores: IntArray
     valid_from: float
     valid_until: float
     """The verdicts hold for any ``now`` in ``[valid_from, valid_until)``: no sample changes
     freshness and the source does not go down in between (only ages move)."""
 
-    def take(self, idx: IndexArray) -> Assessment:
-        """The rows at positions ``idx`` (into this assessment's columns)."""
+    @staticmethod
+    def make(
+        head: tuple[Tier | None, str | None, tuple[float, float], bool],
+        cols: IndexArray,
+        rows: tuple[FloatArray, ...],
+        codes: npt.NDArray[np.int64],
+        scores: IntArray,
+        fresh: BoolArray,
+        valid: tuple[float, float],
+    ) -> Assessment:
+        """From ``rows`` = (values, sampled_at, allocatable, placed, projection, usage, raw)."""
+        values, sampled_at, allocatable, placed, projection, usage, raw = rows
+        floats = np.vstack([values, sampled_at, allocatable, placed, projection, usage, raw])
+        tier, bypass, estimate, fallback = head
         return Assessment(
-            tier=self.tier,
-            bypass=self.bypass,
-            estimate=self.estimate,
-            fallback=self.fallback,
-            cols=self.cols[idx],
-            values=self.values[:, idx],
-            sampled_at=self.sampled_at[:, idx],
-            fresh=self.fresh[:, idx],
-            allocatable=self.allocatable[:, idx],
-            placed=self.placed[:, idx],
-            projection=self.projection[:, idx],
-            usage=self.usage[:, idx],
-            codes=self.codes[idx],
-            raw=self.raw[idx],
-            scores=self.scores[idx],
-            valid_from=self.valid_from,
-            valid_until=self.valid_until,
+            tier,
+            bypass,
+            estimate,
+            fallback,
+            cols,
+            floats,
+            np.vstack([codes, scores]),
+            fresh,
+            *valid,
+        )
+
+    def _rows(self, first: int, count: int) -> FloatArray:
+        return self.floats[first : first + count]
+
+    @property
+    def _nsig(self) -> int:
+        return len(self.fresh)
+
+    @property
+    def values(self) -> FloatArray:
+        return self._rows(0, self._nsig)
+
+    @property
+    def sampled_at(self) -> FloatArray:
+        return self._rows(self._nsig, self._nsig)
+
+    @property
+    def allocatable(self) -> FloatArray:
+        return self._rows(2 * self._nsig, len(RESOURCES))
+
+    @property
+    def placed(self) -> FloatArray:
+        return self._rows(2 * self._nsig + len(RESOURCES), len(RESOURCES))
+
+    @property
+    def projection(self) -> FloatArray:
+        return self._rows(2 * self._nsig + 2 * len(RESOURCES), self._nsig)
+
+    @property
+    def usage(self) -> FloatArray:
+        return self._rows(3 * self._nsig + 2 * len(RESOURCES), self._nsig)
+
+    @property
+    def raw(self) -> FloatArray:
+        row: FloatArray = self.floats[-1]
+        return row
+
+    @property
+    def codes(self) -> npt.NDArray[np.int64]:
+        row: npt.NDArray[np.int64] = self.ints[0]
+        return row
+
+    @property
+    def scores(self) -> IntArray:
+        row: IntArray = self.ints[1]
+        return row
+
+    def take(self, idx: IndexArray, cols: IndexArray) -> Assessment:
+        """The rows at positions ``idx`` (into this assessment's columns), labelled ``cols``."""
+        return Assessment(
+            self.tier,
+            self.bypass,
+            self.estimate,
+            self.fallback,
+            cols,
+            np.take(self.floats, idx, axis=1),
+            np.take(self.ints, idx, axis=1),
+            np.take(self.fresh, idx, axis=1),
+            self.valid_from,
+            self.valid_until,
         )
 
 
@@ -331,8 +399,7 @@ def evaluate(
             and candidates.freed is None
             and whole.valid_from <= now < whole.valid_until
         ):
-            part = whole.take(np.where(cols < 0, len(snap.names), cols))
-            part = replace(part, cols=cols)
+            part = whole.take(np.where(cols < 0, len(snap.names), cols), cols)
         else:
             part = _assess(pod, cols, snap, rules, now, candidates.allocatable, candidates.freed)
         return _finish(pod, candidates, part, rules, now, snap.signals)
@@ -435,25 +502,15 @@ def _assess(
             raw = np.where(stale, neutral, raw)
     # Round half up; raw is in 0..10 so truncating raw + 0.5 is the floor.
     scores = np.minimum(np.maximum(raw + 0.5, 0.0), MAX_SCORE).astype(np.int64)
-    valid_from, valid_until = _validity(sampled_at, fresh, snap.source_ok_at, rules, now)
-    return Assessment(
-        tier=tier,
-        bypass=bypass,
-        estimate=estimate,
-        fallback=fallback,
-        cols=cols,
-        values=values,
-        sampled_at=sampled_at,
-        fresh=fresh,
-        allocatable=alloc,
-        placed=placed,
-        projection=projection,
-        usage=usage,
-        codes=codes,
-        raw=raw,
-        scores=scores,
-        valid_from=valid_from,
-        valid_until=valid_until,
+    valid = _validity(sampled_at, fresh, snap.source_ok_at, rules, now)
+    return Assessment.make(
+        (tier, bypass, estimate, fallback),
+        cols,
+        (values, sampled_at, alloc, placed, projection, usage, raw[None, :]),
+        codes,
+        scores,
+        fresh,
+        valid,
     )
 
 

@@ -18,16 +18,27 @@ Per call:
 
 from __future__ import annotations
 
+import itertools
 import logging
+import threading
 import time
 from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol, TypeVar
 
-from extender.core import Evaluation, PodInfo, PreemptionDecision, decide_preemption, evaluate
+from extender.core import (
+    Assessment,
+    Evaluation,
+    PodInfo,
+    PreemptionDecision,
+    assess_all,
+    decide_preemption,
+    evaluate,
+    pod_class,
+)
 from extender.logs import bind_pod
-from extender.store import SnapshotStore
+from extender.store import SnapshotStore, State
 from extender.verbs.decisions import DecisionLog
 from extender.wire import (
     FilterArgs,
@@ -42,10 +53,15 @@ from extender.wire import (
     encode_preempt,
     encode_priorities,
 )
+from extender.wire.names import names_filter_reply, names_priorities_reply
 
 log = logging.getLogger(__name__)
 
 VERBS = ("filter", "prioritize", "preempt")
+
+#: Dropped candidates named in the preempt log line; the rest are counted (a 10 MB request
+#: whose candidates were all dropped wrote one 10 MB line).
+LOGGED_DROPS = 10
 
 A = TypeVar("A", FilterArgs, PreemptArgs)
 """A decoded request."""
@@ -86,6 +102,56 @@ class Reply:
     """The decoded pod, None when the body could not be decoded."""
 
 
+#: Pod kinds whose whole-snapshot assessment is kept per state. A backlog is a few workloads at
+#: a time (kube-scheduler pops pods of one ReplicaSet together); 16 covers several tiers and
+#: shapes interleaved, at about 30 arrays of 5,000 floats (~1 MB) each.
+ASSESSMENTS_KEPT = 16
+#: Candidate lists at least this share of the snapshot's nodes are assessed over the whole
+#: snapshot on first sight: the whole costs little more than the part, and prioritize (and the
+#: next pod of the same kind) then gathers from it. Smaller lists are assessed alone until their
+#: kind comes back.
+WHOLE_SHARE = 0.25
+
+
+class Assessments:
+    """Whole-snapshot assessments by pod kind, for the state they were made on.
+
+    A decision depends on the pod only through its kind (bypass, tier, estimate): filter and
+    prioritize for one pod, and every replica of a workload, share one assessment while the
+    snapshot and policy stay the same and no sample changes freshness. Only the request path
+    touches this, from the loop or the worker thread that decides large requests: a lock makes
+    each lookup one step.
+    """
+
+    def __init__(self) -> None:
+        self._state: State | None = None
+        self._kept: dict[tuple[object, ...], Assessment] = {}
+        self._seen: set[tuple[object, ...]] = set()
+        self._lock = threading.Lock()  # large requests are decided in a worker thread
+
+    def get(self, state: State, pod: PodInfo, candidates: int, now: float) -> Assessment | None:
+        with self._lock:
+            return self._get(state, pod, candidates, now)
+
+    def _get(self, state: State, pod: PodInfo, candidates: int, now: float) -> Assessment | None:
+        snap, rules = state.snapshot, state.policy.rules
+        if state is not self._state:
+            self._state, self._kept, self._seen = state, {}, set()
+        bypass, tier, estimate = pod_class(pod, rules)
+        key = (bypass, None if tier is None else tier.name, estimate)
+        got = self._kept.get(key)
+        if got is not None and got.valid_from <= now < got.valid_until:
+            return got
+        if key not in self._seen and candidates < WHOLE_SHARE * len(snap.names):
+            self._seen.add(key)
+            return None
+        whole = assess_all(pod, snap, rules, now)
+        if len(self._kept) >= ASSESSMENTS_KEPT:
+            self._kept.pop(next(iter(self._kept)))
+        self._kept[key] = whole
+        return whole
+
+
 class Verbs:
     """filter, prioritize and preempt over one store, with a clock (injectable for tests)."""
 
@@ -104,6 +170,8 @@ class Verbs:
         self.decisions = decisions if decisions is not None else DecisionLog()
         self._approvals: deque[tuple[float, str]] = deque()
         """(time, node) of every preemption candidate handed back, for the per-node cap."""
+        self._approvals_lock = threading.Lock()
+        self._assessments = Assessments()
 
     # --- the three verbs -------------------------------------------------------------------------
 
@@ -155,15 +223,19 @@ class Verbs:
             )
             return Reply(200, fail_open(args), "fail_open", pod)
 
-    def _decide(self, verb: str, args: FilterArgs) -> Evaluation:
+    def _decide(self, verb: str, args: FilterArgs) -> tuple[State, Evaluation]:
         state = self.store.current
         now = self.clock()
-        evaluation = evaluate(args.pod, args.candidates, state.snapshot, state.policy.rules, now)
+        snap, rules = state.snapshot, state.policy.rules
+        whole = None
+        if args.full_nodes is None:  # names only: the snapshot's columns are the nodes
+            whole = self._assessments.get(state, args.pod, len(args.candidates.names), now)
+        evaluation = evaluate(args.pod, args.candidates, snap, rules, now, whole)
         self.decisions.add(verb, evaluation, now)
-        return evaluation
+        return state, evaluation
 
     def _filter(self, args: FilterArgs) -> bytes:
-        evaluation = self._decide("filter", args)
+        state, evaluation = self._decide("filter", args)
         self.observer.observe_filter(evaluation)
         tier = evaluation.tier
         if tier is not None and evaluation.floor_applied():
@@ -185,12 +257,15 @@ class Verbs:
                 len(evaluation.names),
                 tier.name,
             )
+        if args.full_nodes is None:
+            return names_filter_reply(evaluation, state.names)
         return encode_filter(args, evaluation)
 
     def _prioritize(self, args: FilterArgs) -> bytes:
-        evaluation = self._decide("prioritize", args)
+        state, evaluation = self._decide("prioritize", args)
         self.observer.observe_scores(evaluation)
-        return encode_priorities(list(args.candidates.names), evaluation.scores.tolist())
+        names = args.candidates.names
+        return names_priorities_reply(evaluation.columns, names, evaluation.scores, state.names)
 
     def _neutral(self, args: FilterArgs) -> bytes:
         neutral = self.store.current.policy.rules.neutral_score
@@ -211,27 +286,35 @@ class Verbs:
         rules = state.policy.rules
         now = self.clock()
         capped = rules.preemption_max_per_node > 0
-        decision = decide_preemption(
-            args.pod,
-            args.candidates,
-            state.snapshot,
-            rules,
-            now,
-            self._recent_approvals(now, rules.preemption_window_s) if capped else None,
-            rules.preemption_max_per_node,
-        )
+        # Large requests are decided in a worker thread while small ones run on the loop: the
+        # approvals are read and extended under a lock, as one step per call.
+        with self._approvals_lock:
+            decision = decide_preemption(
+                args.pod,
+                args.candidates,
+                state.snapshot,
+                rules,
+                now,
+                self._recent_approvals(now, rules.preemption_window_s) if capped else None,
+                rules.preemption_max_per_node,
+            )
+            if capped:
+                self._approvals.extend((now, c.node) for c in decision.kept)
         self.decisions.add("preempt", decision.evaluation, now)
-        if capped:
-            self._approvals.extend((now, c.node) for c in decision.kept)
         self.observer.observe_preemption(decision, args.unknown_victims)
         if decision.dropped:
+            shown = {
+                n[:253]: r for n, r in itertools.islice(decision.dropped.items(), LOGGED_DROPS)
+            }
+            more = len(decision.dropped) - len(shown)
             log.info(
-                "preempt: pod %s/%s: dropped %d of %d candidates: %s",
+                "preempt: pod %s/%s: dropped %d of %d candidates: %s%s",
                 args.pod.namespace,
                 args.pod.name,
                 len(decision.dropped),
                 len(args.candidates),
-                dict(decision.dropped),
+                shown,
+                f" (and {more} more)" if more else "",
             )
         return encode_preempt(decision.kept)
 
