@@ -22,6 +22,7 @@ from extender.core import (
     evaluate,
 )
 from extender.wire import FilterArgs, encode_filter, encode_priorities
+from extender.wire.names import NameTable, names_filter_reply, names_priorities_reply
 from tests.builders import NOW, rules, tier
 
 names = st.text(alphabet="abcdefghij-0123456789", min_size=1, max_size=6)
@@ -158,3 +159,19 @@ def test_a_decision_gathered_from_the_whole_snapshot_is_the_decision(scenario, l
         assert gathered.scores.tolist() == direct.scores.tolist()
     else:  # outside its span the assessment is not used
         assert gathered.fresh.tolist() == direct.fresh.tolist()
+
+
+@settings(max_examples=300, deadline=None)
+@given(scenarios())
+def test_replies_from_prebuilt_fragments_are_the_bytes_msgspec_writes(scenario):
+    """wire/names.py assembles names-only replies from per-node fragments; for any decision,
+    known and unknown names alike, they are byte for byte what encoding the reply writes."""
+    pod, snap, candidates, r = scenario
+    candidates = [*candidates, 'q"uote', "ü", "back\\slash", "</script>"]  # unknown, escaped
+    ev = evaluate(pod, Candidates(candidates), snap, r, NOW)
+    table = NameTable.build(snap.names)
+    args = FilterArgs(pod=pod, candidates=Candidates(candidates), full_nodes=None)
+    assert names_filter_reply(ev, table) == encode_filter(args, ev)
+    assert names_priorities_reply(ev.columns, candidates, ev.scores, table) == encode_priorities(
+        candidates, ev.scores.tolist()
+    )
