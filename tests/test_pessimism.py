@@ -282,3 +282,15 @@ async def test_shadow_mode_over_http(aiohttp_client):
     filt = next(d for d in explained if d["verb"] == "filter")
     assert filt["observed"]["wouldReject"] == {"cpu load above prod tier ceiling": ["a", "b"]}
     assert filt["details"][0]["observed"] is True
+
+
+def test_with_pod_copies_every_field_but_the_pod():
+    import dataclasses
+
+    ev = evaluate(pod(cpu=0.0), Candidates(list("abcd")), _hot_snapshot(), _rules(2), NOW)
+    other = pod("other")
+    copy = ev.with_pod(other)
+    assert copy.pod is other
+    for f in dataclasses.fields(ev):
+        if f.name != "pod":
+            assert getattr(copy, f.name) is getattr(ev, f.name), f.name

@@ -29,6 +29,7 @@ from typing import Protocol, TypeVar
 
 from extender.core import (
     Assessment,
+    Candidates,
     Evaluation,
     PodInfo,
     PreemptionDecision,
@@ -37,6 +38,7 @@ from extender.core import (
     evaluate,
     pod_class,
 )
+from extender.core.model import IndexArray
 from extender.logs import bind_pod
 from extender.store import SnapshotStore, State
 from extender.verbs.decisions import DecisionLog
@@ -53,7 +55,7 @@ from extender.wire import (
     encode_preempt,
     encode_priorities,
 )
-from extender.wire.names import names_filter_reply, names_priorities_reply
+from extender.wire.names import kept_names_json, names_filter_reply, names_priorities_reply
 
 log = logging.getLogger(__name__)
 
@@ -152,6 +154,18 @@ class Assessments:
         return whole
 
 
+@dataclass(frozen=True, slots=True)
+class _LastFilter:
+    """What the latest names-only filter call answered, for the prioritize call that follows."""
+
+    state: State
+    uid: str
+    names_json: bytes
+    """The kept names as the reply's NodeNames array."""
+    columns: IndexArray
+    """Their snapshot columns, in the same order."""
+
+
 class Verbs:
     """filter, prioritize and preempt over one store, with a clock (injectable for tests)."""
 
@@ -172,6 +186,7 @@ class Verbs:
         """(time, node) of every preemption candidate handed back, for the per-node cap."""
         self._approvals_lock = threading.Lock()
         self._assessments = Assessments()
+        self._last_filter: _LastFilter | None = None
 
     # --- the three verbs -------------------------------------------------------------------------
 
@@ -228,9 +243,21 @@ class Verbs:
         now = self.clock()
         snap, rules = state.snapshot, state.policy.rules
         whole = None
+        candidates = args.candidates
         if args.full_nodes is None:  # names only: the snapshot's columns are the nodes
-            whole = self._assessments.get(state, args.pod, len(args.candidates.names), now)
-        evaluation = evaluate(args.pod, args.candidates, snap, rules, now, whole)
+            whole = self._assessments.get(state, args.pod, len(candidates.names), now)
+            last = self._last_filter
+            # kube-scheduler sends prioritize exactly the names filter kept, in that order:
+            # their columns are known already (a byte comparison instead of a lookup).
+            if (
+                verb == "prioritize"
+                and last is not None
+                and last.state is state
+                and last.uid == args.pod.uid
+                and last.names_json == args.names_json
+            ):
+                candidates = Candidates(candidates.names, columns=last.columns)
+        evaluation = evaluate(args.pod, candidates, snap, rules, now, whole)
         self.decisions.add(verb, evaluation, now)
         return state, evaluation
 
@@ -258,7 +285,10 @@ class Verbs:
                 tier.name,
             )
         if args.full_nodes is None:
-            return names_filter_reply(evaluation, state.names)
+            kept = kept_names_json(evaluation, state.names)
+            columns = evaluation.columns[evaluation.keep]
+            self._last_filter = _LastFilter(state, args.pod.uid, kept, columns)
+            return names_filter_reply(evaluation, state.names, kept)
         return encode_filter(args, evaluation)
 
     def _prioritize(self, args: FilterArgs) -> bytes:

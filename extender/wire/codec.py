@@ -165,6 +165,9 @@ class FilterArgs:
     full_nodes: list[msgspec.Raw] | None
     """The original Node objects in request order, when sent in full (nodeCacheCapable false)."""
     nodes_metadata: msgspec.Raw | None = None
+    names_json: bytes = b""
+    """The names-only list as sent (the raw JSON array), for recognising a prioritize call
+    whose candidates are exactly the names a filter call just answered."""
 
 
 def _qty(value: str | int | float | None, where: str) -> float | None:
@@ -341,7 +344,10 @@ def decode_args(body: bytes) -> FilterArgs:
             "(NodeNames with nodeCacheCapable: true, Nodes otherwise)"
         )
     if names is not None:
-        return FilterArgs(pod=pod, candidates=Candidates(names=names), full_nodes=None)
+        raw = args.NodeNames if upper else args.nodenames
+        return FilterArgs(
+            pod=pod, candidates=Candidates(names=names), full_nodes=None, names_json=bytes(raw)
+        )
     if node_list is None:
         raise WireError("invalid ExtenderArgs: both Nodes and NodeNames are null")
     items = node_list.items or []

@@ -61,13 +61,22 @@ def _fragments(
     return out
 
 
-def names_filter_reply(evaluation: Evaluation, table: NameTable) -> bytes:
-    """ExtenderFilterResult with NodeNames: the kept names, every rejection unresolvable."""
+def kept_names_json(evaluation: Evaluation, table: NameTable) -> bytes:
+    """The JSON array of the kept names, as the filter reply's NodeNames carries it."""
     cols, names = evaluation.columns, evaluation.names
     kept = np.flatnonzero(evaluation.keep)
-    out = [b'{"NodeNames":[']
-    out.append(b",".join(_fragments(table.quoted, cols[kept], _at(names, kept), b"", b"")))
-    out.append(b'],"Nodes":null,"FailedNodes":{},"FailedAndUnresolvableNodes":{')
+    return b"[" + b",".join(_fragments(table.quoted, cols[kept], _at(names, kept), b"", b"")) + b"]"
+
+
+def names_filter_reply(
+    evaluation: Evaluation, table: NameTable, kept: bytes | None = None
+) -> bytes:
+    """ExtenderFilterResult with NodeNames: the kept names (``kept``, from
+    :func:`kept_names_json`, if already built), every rejection unresolvable."""
+    cols, names = evaluation.columns, evaluation.names
+    out = [b'{"NodeNames":']
+    out.append(kept if kept is not None else kept_names_json(evaluation, table))
+    out.append(b',"Nodes":null,"FailedNodes":{},"FailedAndUnresolvableNodes":{')
     rejected = np.flatnonzero(~evaluation.keep)
     if len(rejected):
         quoted = _fragments(table.quoted, cols[rejected], _at(names, rejected), b"", b"")
@@ -114,4 +123,4 @@ def _at(names: Sequence[str], idx: IndexArray) -> Sequence[str]:
     return _Picked(names, idx)
 
 
-__all__ = ["NameTable", "names_filter_reply", "names_priorities_reply"]
+__all__ = ["NameTable", "kept_names_json", "names_filter_reply", "names_priorities_reply"]
