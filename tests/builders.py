@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Callable, Mapping
 from dataclasses import replace
 from pathlib import Path
@@ -122,3 +123,17 @@ def snapshot(
         lag_s=lag_s,
         baselines=baselines,
     )
+
+
+def samples_of(snap: Snapshot) -> dict[str, dict[str, Sample]]:
+    """The snapshot's samples back as node -> signal -> Sample (missing ones left out)."""
+    out: dict[str, dict[str, Sample]] = {}
+    for col, name in enumerate(snap.names):
+        per = {
+            sig: Sample(float(snap.values[row, col]), float(snap.sampled_at[row, col]))
+            for row, sig in enumerate(snap.signals)
+            if not math.isnan(snap.values[row, col])
+        }
+        if per:
+            out[name] = per
+    return out

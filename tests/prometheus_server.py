@@ -202,7 +202,26 @@ def running_prometheus(folder: Path, nodes: list[NodeLoad]) -> Iterator[Promethe
         yaml.safe_dump({"global": {"evaluation_interval": "1s"}, "rule_files": ["rules.yaml"]})
     )
 
-    port = free_port()
+    url, process, log_path = start_prometheus(folder, data)
+    server = PrometheusServer(url, process, log_path, nodes)
+    try:
+        _wait("ready", server, lambda: server.get("/-/ready")[0] == 200, READY_TIMEOUT_S)
+        for record in ("node:cpu_utilization:ratio", "node:memory_utilization:ratio"):
+            _wait(
+                f"evaluating {record} for {len(nodes)} nodes",
+                server,
+                lambda r=record: len(server.query(r)) == len(nodes),
+                READY_TIMEOUT_S,
+            )
+        yield server
+    finally:
+        stop_prometheus(process)
+
+
+def start_prometheus(folder: Path, data: Path) -> tuple[str, subprocess.Popen[bytes], Path]:
+    """``prometheus`` on ``folder/prometheus.yml`` and the TSDB in ``data``, logging to
+    ``folder/prometheus.log``: its URL, the process and the log's path."""
+    port = free_port()  # Prometheus cannot report a port it picked itself
     log_path = folder / "prometheus.log"
     with log_path.open("wb") as log:
         process = subprocess.Popen(
@@ -216,21 +235,14 @@ def running_prometheus(folder: Path, nodes: list[NodeLoad]) -> Iterator[Promethe
             stderr=subprocess.STDOUT,
             cwd=folder,
         )
-    server = PrometheusServer(f"http://127.0.0.1:{port}", process, log_path, nodes)
+    return f"http://127.0.0.1:{port}", process, log_path
+
+
+def stop_prometheus(process: subprocess.Popen[bytes]) -> None:
+    """SIGTERM, and SIGKILL after :data:`STOP_TIMEOUT_S`."""
+    process.terminate()
     try:
-        _wait("ready", server, lambda: server.get("/-/ready")[0] == 200, READY_TIMEOUT_S)
-        for record in ("node:cpu_utilization:ratio", "node:memory_utilization:ratio"):
-            _wait(
-                f"evaluating {record} for {len(nodes)} nodes",
-                server,
-                lambda r=record: len(server.query(r)) == len(nodes),
-                READY_TIMEOUT_S,
-            )
-        yield server
-    finally:
-        process.terminate()
-        try:
-            process.wait(STOP_TIMEOUT_S)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        process.wait(STOP_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()

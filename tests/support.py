@@ -198,6 +198,17 @@ async def make_extender(clock: Callable[[], float] = lambda: NOW, **settings: ob
     return Extender(store, Metrics(CollectorRegistry()), ServerSettings(**settings), clock)  # type: ignore[arg-type]
 
 
+def loopback_settings(**overrides: object) -> ServerSettings:
+    """Both ports on 127.0.0.1, port 0 (the OS picks), plus ``overrides``."""
+    base: dict[str, object] = {
+        "host": "127.0.0.1",
+        "port": 0,
+        "admin_host": "127.0.0.1",
+        "admin_port": 0,
+    }
+    return ServerSettings(**{**base, **overrides})  # type: ignore[arg-type]
+
+
 KUBECONFIG = """\
 apiVersion: v1
 kind: Config
@@ -220,6 +231,7 @@ __all__: Sequence[str] = [
     "ServeProcess",
     "cli",
     "kubeconfig",
+    "loopback_settings",
     "make_extender",
     "until",
     "wait_for",

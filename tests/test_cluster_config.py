@@ -13,10 +13,9 @@ from prometheus_client import CollectorRegistry
 
 from extender.cluster import ClusterConfigError, load_configuration
 from extender.policy import embedded_default
-from extender.server.app import ServerSettings
 from extender.server.run import running
 from tests.fake_apiserver import FakeApiServer, make_node, make_pod
-from tests.support import kubeconfig, until
+from tests.support import kubeconfig, loopback_settings, until
 
 
 @pytest.fixture
@@ -67,14 +66,7 @@ async def test_server_is_ready_after_the_first_node_list(no_cluster_env, tmp_pat
     api.put("nodes", make_node("n1"))
     api.put("pods", make_pod("p", node="n1", cpu="2"))
     api.hold_lists = asyncio.Event()  # the API server is slow to answer the lists
-    settings = ServerSettings(
-        host="127.0.0.1",
-        port=0,
-        admin_host="127.0.0.1",
-        admin_port=0,
-        kubernetes="auto",
-        kubeconfig=str(kubeconfig(tmp_path, api.url)),
-    )
+    settings = loopback_settings(kubernetes="auto", kubeconfig=str(kubeconfig(tmp_path, api.url)))
     try:
         async with (
             running(embedded_default(), settings, CollectorRegistry()) as state,

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import math
 import subprocess
 import time
 import urllib.parse
@@ -29,13 +28,13 @@ import pytest
 import yaml
 from prometheus_client import CollectorRegistry
 
-from extender.core import Sample, Snapshot
+from extender.core import Snapshot
 from extender.policy import API_VERSION, LoadedPolicy, load_text
-from extender.server.app import ServerSettings
 from extender.server.run import running
 from tests import prometheus_server as real
-from tests.builders import fixture_json
+from tests.builders import fixture_json, samples_of
 from tests.fake_apiserver import FakeApiServer, make_node
+from tests.support import kubeconfig, loopback_settings
 
 #: Node name -> (InternalIP, cpu ratio, memory ratio). Distinct values, so a series mapped to
 #: the wrong node shows.
@@ -105,20 +104,7 @@ def instance_prometheus(folder: Path) -> Iterator[str]:
         timeout=120,
     )
     (folder / "prometheus.yml").write_text(yaml.safe_dump({"global": {}}))
-    port = real.free_port()
-    url = f"http://127.0.0.1:{port}"
-    with (folder / "prometheus.log").open("wb") as log:
-        process = subprocess.Popen(
-            [
-                real.PROMETHEUS,
-                f"--config.file={folder / 'prometheus.yml'}",
-                f"--storage.tsdb.path={data}",
-                f"--web.listen-address=127.0.0.1:{port}",
-            ],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            cwd=folder,
-        )
+    url, process, _ = real.start_prometheus(folder, data)
     try:
         deadline = time.monotonic() + real.READY_TIMEOUT_S
         expected = len(NODES) + 2
@@ -133,12 +119,7 @@ def instance_prometheus(folder: Path) -> Iterator[str]:
             time.sleep(0.1)
         yield url
     finally:
-        process.terminate()
-        try:
-            process.wait(real.STOP_TIMEOUT_S)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        real.stop_prometheus(process)
 
 
 @pytest.fixture(scope="module")
@@ -167,36 +148,6 @@ def make_policy(url: str) -> LoadedPolicy:
     return load_text(yaml.safe_dump(doc, sort_keys=False), "instances-policy.yaml")
 
 
-def samples_of(snap: Snapshot) -> dict[str, dict[str, Sample]]:
-    out: dict[str, dict[str, Sample]] = {}
-    for col, name in enumerate(snap.names):
-        per = {
-            sig: Sample(float(snap.values[row, col]), float(snap.sampled_at[row, col]))
-            for row, sig in enumerate(snap.signals)
-            if not math.isnan(snap.values[row, col])
-        }
-        if per:
-            out[name] = per
-    return out
-
-
-def kubeconfig(folder: Path, url: str) -> Path:
-    path = folder / "kubeconfig"
-    path.write_text(
-        yaml.safe_dump(
-            {
-                "apiVersion": "v1",
-                "kind": "Config",
-                "clusters": [{"name": "fake", "cluster": {"server": url}}],
-                "users": [{"name": "me", "user": {"token": "test-token"}}],
-                "contexts": [{"name": "here", "context": {"cluster": "fake", "user": "me"}}],
-                "current-context": "here",
-            }
-        )
-    )
-    return path
-
-
 async def until(condition: Any, what: str) -> None:
     """Poll ``condition`` until true; the deadline only keeps a broken build from hanging."""
     deadline = time.monotonic() + DEADLINE_S
@@ -215,14 +166,7 @@ async def test_instance_addresses_map_to_the_cluster_nodes(prometheus, tmp_path)
     await api.start()
     for name, (ip, _, _) in NODES.items():
         api.put("nodes", make_node(name, address=ip))
-    settings = ServerSettings(
-        host="127.0.0.1",
-        port=0,
-        admin_host="127.0.0.1",
-        admin_port=0,
-        kubernetes="auto",
-        kubeconfig=str(kubeconfig(tmp_path, api.url)),
-    )
+    settings = loopback_settings(kubernetes="auto", kubeconfig=str(kubeconfig(tmp_path, api.url)))
     registry = CollectorRegistry()
     expected = {name: (cpu, mem) for name, (_, cpu, mem) in NODES.items()}
     body = fixture_json("filter-nodecache-true.json")  # a priority-100 pod: tier batch

@@ -14,7 +14,6 @@ import asyncio
 import contextlib
 import json
 import logging
-import math
 import subprocess
 import time
 from collections.abc import Awaitable, Callable
@@ -26,7 +25,7 @@ import yaml
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 
-from extender.core import REASON_STALE, Candidates, Sample, Snapshot, evaluate
+from extender.core import REASON_STALE, Candidates, Sample, evaluate
 from extender.policy import API_VERSION, LoadedPolicy, PolicyError, load_text
 from extender.server.app import ServerSettings
 from extender.server.run import running
@@ -41,7 +40,7 @@ from extender.sources.prometheus import (
 )
 from extender.store import SnapshotStore
 from tests import prometheus_server as real
-from tests.builders import NOW, fixture_json, pod
+from tests.builders import NOW, fixture_json, pod, samples_of
 
 CPU = "node:cpu_utilization:ratio"
 MEM = "node:memory_utilization:ratio"
@@ -80,20 +79,6 @@ class Clock:
 
     def __call__(self) -> float:
         return self.now
-
-
-def samples_of(snap: Snapshot) -> dict[str, dict[str, Sample]]:
-    """The snapshot's samples back as node -> signal -> Sample (missing ones left out)."""
-    out: dict[str, dict[str, Sample]] = {}
-    for col, name in enumerate(snap.names):
-        per = {
-            sig: Sample(float(snap.values[row, col]), float(snap.sampled_at[row, col]))
-            for row, sig in enumerate(snap.signals)
-            if not math.isnan(snap.values[row, col])
-        }
-        if per:
-            out[name] = per
-    return out
 
 
 def metric(registry: CollectorRegistry, name: str, **labels: str) -> float | None:
