@@ -21,9 +21,10 @@ RUN python -m venv /opt/venv
 WORKDIR /src
 # Dependencies first (from wheels only: a missing wheel fails the build instead of compiling),
 # so that a source change does not reinstall them.
-COPY pyproject.toml README.md ./
+# The versions are the lock's (constraints.txt, as scripts/setup.sh and CI install them).
+COPY pyproject.toml README.md constraints.txt ./
 RUN mkdir extender && echo '__version__ = "0"' > extender/__init__.py \
- && /opt/venv/bin/pip install --only-binary=:all: . \
+ && /opt/venv/bin/pip install --only-binary=:all: -c constraints.txt . \
  && /opt/venv/bin/pip uninstall -y priority-extender \
  && rm -rf extender build *.egg-info
 COPY extender ./extender

@@ -30,6 +30,8 @@ def render(summary: dict[str, Any], verb: str | None = None) -> str:
     if verb:
         head = f"[{verb}] {head}"
     lines.append(head)
+    for warning in summary.get("warnings") or ():
+        lines.append(f"  warning: {warning}")
     if summary.get("bypass"):
         lines.append(f"  bypassed ({summary['bypass']}): every node kept with the neutral score")
     else:
@@ -86,4 +88,4 @@ def render(summary: dict[str, Any], verb: str | None = None) -> str:
                     f"{_pct(s['projected'])}   {ceiling}  {s['weight']:>6.1f}  {score}{fresh}"
                 )
                 first = False
-    return "\n".join(lines)
+    return "\n".join(line.rstrip() for line in lines)  # the empty score cells leave spaces

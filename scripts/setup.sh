@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Set up everything the extender and its tests need. Idempotent: a second run only checks.
-#   scripts/setup.sh            Python virtualenv (.venv) with the package and its dev tools
+#   scripts/setup.sh            Python virtualenv (.venv) with the package and its dev tools, at
+#                               the exact versions of constraints.txt (refreshed by
+#                               scripts/lock.sh); Debian's python3-venv first if it is missing
 #   scripts/setup.sh --test     also Debian's prometheus (real server used by the tests),
 #                               Debian's etcd-server and the kube-apiserver/kube-scheduler binaries
 #                               of ../shared/kube unpacked into .cache/kube-assets (the control
@@ -12,9 +14,20 @@ cd "$(dirname "$0")/.."
 want_test=0
 [ "${1:-}" = "--test" ] && want_test=1
 
-# Debian packages the tests need: a real Prometheus server and promtool, and etcd (the store of
-# the e2e tests' kube-apiserver). One apt run installs whatever is missing; nothing when all is.
+PY="${PYTHON:-python3}"
+if ! "$PY" -c 'import sys; sys.exit(sys.version_info < (3, 11))'; then
+  echo "priority-extender needs Python 3.11 or newer; set PYTHON=/path/to/python3.11" >&2
+  exit 1
+fi
+
+# Debian packages: python3-venv when the interpreter cannot make a virtualenv with pip (a fresh
+# Debian's python3 has no ensurepip); for the tests, a real Prometheus server and promtool, and
+# etcd (the store of the e2e tests' kube-apiserver). One apt run installs whatever is missing;
+# nothing when all is.
 missing_pkgs=()
+if [ ! -x .venv/bin/python ] && ! "$PY" -c 'import ensurepip, venv' >/dev/null 2>&1; then
+  missing_pkgs+=(python3-venv)
+fi
 if [ "$want_test" = 1 ]; then
   { command -v prometheus && command -v promtool; } >/dev/null 2>&1 || missing_pkgs+=(prometheus)
   [ -x /usr/bin/etcd ] || missing_pkgs+=(etcd-server)
@@ -58,18 +71,15 @@ if [ "$want_test" = 1 ]; then
   fi
 fi
 
-PY="${PYTHON:-python3}"
-if ! "$PY" -c 'import sys; sys.exit(sys.version_info < (3, 11))'; then
-  echo "priority-extender needs Python 3.11 or newer; set PYTHON=/path/to/python3.11" >&2
-  exit 1
-fi
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
 
-# Reinstall only when the dependency list changed since the last successful install.
-stamp=.venv/.installed-$(sha256sum pyproject.toml | cut -c1-16)
+# Reinstall only when the dependency ranges or the pinned versions changed since the last
+# successful install: the stamp names the hash of both files. Every package comes at the version
+# constraints.txt pins (scripts/lock.sh writes it), pip itself first.
+stamp=.venv/.installed-$(cat pyproject.toml constraints.txt | sha256sum | cut -c1-16)
 if [ ! -f "$stamp" ]; then
-  .venv/bin/python -m pip install -q --disable-pip-version-check --upgrade pip
-  .venv/bin/python -m pip install -q --disable-pip-version-check -e '.[dev]'
+  .venv/bin/python -m pip install -q --disable-pip-version-check -c constraints.txt pip
+  .venv/bin/python -m pip install -q --disable-pip-version-check -c constraints.txt -e '.[dev]'
   rm -f .venv/.installed-*
   touch "$stamp"
 fi

@@ -507,7 +507,7 @@ def test_dockerfile():
     assert 'CMD ["serve"]' in final
     lines = (ROOT / ".dockerignore").read_text().splitlines()
     rules = [line.strip() for line in lines if line.strip() and not line.startswith("#")]
-    assert rules[:4] == ["*", "!pyproject.toml", "!README.md", "!extender/"]
+    assert rules[:5] == ["*", "!pyproject.toml", "!README.md", "!constraints.txt", "!extender/"]
 
 
 # --- monitoring ---------------------------------------------------------------------------------

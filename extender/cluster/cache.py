@@ -21,7 +21,14 @@ from typing import Protocol, TypeVar
 
 import msgspec
 
-from extender.cluster.decode import NodeRecord, PodDecoder, PodRecord, decode_node
+from extender.cluster.decode import (
+    NodeRecord,
+    PodDecoder,
+    PodRecord,
+    PriorityClassRecord,
+    decode_node,
+    decode_priority_class,
+)
 from extender.core import Estimation, NodeInfo, PlacedPod
 
 R = TypeVar("R")
@@ -263,3 +270,42 @@ class PodSink:
 
     def listed(self) -> None:
         self.cache.set_pods_listed()
+
+
+class PriorityClasses:
+    """The cluster's PriorityClasses by name, and its own reflector's sink: what a manifest's
+    ``priorityClassName`` stands for when it has no ``spec.priority`` (a dry run of a manifest
+    as written, before admission). Kept apart from the cache: nothing published depends on it.
+    """
+
+    def __init__(self) -> None:
+        self.classes: dict[str, PriorityClassRecord] = {}
+        self.synced = False
+        """True once a full list has been applied: from then on a name not here does not
+        exist (admission would refuse the pod)."""
+
+    def resolve(self, name: str) -> int | None:
+        """The priority admission would give a pod naming ``name`` (``""``: the globalDefault
+        class's, else 0); None when that is not known: before the first list, or no such
+        class."""
+        if not self.synced:
+            return None
+        if name:
+            record = self.classes.get(name)
+            return None if record is None else record.value
+        return next((r.value for r in self.classes.values() if r.global_default), 0)
+
+    def decode(self, raw: msgspec.Raw | bytes) -> tuple[str, str, PriorityClassRecord | None]:
+        return decode_priority_class(raw)
+
+    def put(self, key: str, record: PriorityClassRecord | None) -> None:
+        if record is None:
+            self.classes.pop(key, None)
+        else:
+            self.classes[key] = record
+
+    def keys(self) -> KeysView[str]:
+        return self.classes.keys()
+
+    def listed(self) -> None:
+        self.synced = True

@@ -115,6 +115,7 @@ def cluster_source(
     api_client = k8s.ApiClient(configuration)
     api_client.user_agent = f"priority-extender/{__version__}"
     core = k8s.CoreV1Api(api_client)
+    scheduling = k8s.SchedulingV1Api(api_client)
     return ClusterSource(
         store,
         core.list_node_without_preload_content,
@@ -125,6 +126,11 @@ def cluster_source(
         rng=rng,
         close=api_client.close,
         api_client=api_client,
+        list_priority_classes=(
+            scheduling.list_priority_class_without_preload_content
+            if settings.priority_classes
+            else None
+        ),
     )
 
 

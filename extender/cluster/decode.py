@@ -458,3 +458,40 @@ def decode_node(raw: msgspec.Raw | bytes) -> tuple[str, str, NodeRecord]:
         addresses=tuple(a.address for a in node.status.addresses or () if a.address),
     )
     return name, node.metadata.resourceVersion, record
+
+
+# --- PriorityClasses (scheduling.k8s.io/v1) -----------------------------------------------------
+
+
+class PriorityClassRecord(msgspec.Struct, frozen=True, gc=False):
+    """What the cache keeps of one PriorityClass: what admission gives a pod that names it."""
+
+    value: int
+    global_default: bool
+    """The class admission gives a pod that names none."""
+
+
+class _PriorityClassMeta(msgspec.Struct, gc=False):
+    name: str = ""
+    resourceVersion: str = ""
+
+
+class _PriorityClass(msgspec.Struct, gc=False):
+    metadata: _PriorityClassMeta = msgspec.field(default_factory=_PriorityClassMeta)
+    value: int = 0
+    globalDefault: bool | None = None
+
+
+_priority_class_decoder = msgspec.json.Decoder(_PriorityClass)
+
+
+def decode_priority_class(raw: msgspec.Raw | bytes) -> tuple[str, str, PriorityClassRecord]:
+    """(name, resourceVersion, record); raises :class:`DecodeError` naming the problem."""
+    try:
+        pc = _priority_class_decoder.decode(raw)
+    except msgspec.DecodeError as exc:
+        raise DecodeError(f"PriorityClass: {exc}") from None
+    if not pc.metadata.name:
+        raise DecodeError("PriorityClass: metadata.name is missing")
+    record = PriorityClassRecord(pc.value, pc.globalDefault is True)
+    return pc.metadata.name, pc.metadata.resourceVersion, record

@@ -54,5 +54,11 @@ class ClusterSettings:
     a relist allocates enough to trigger one or two. Records are untracked (``gc=False``) either
     way; frozen objects are still freed by reference counting, only cycles among them are not."""
 
+    priority_classes: bool = False
+    """Also list and watch PriorityClasses (scheduling.k8s.io/v1), so that a dry run of a
+    manifest that names a class but has no ``spec.priority`` is judged at the class's value.
+    Off by default: it needs list and watch on ``priorityclasses`` in the extender's ClusterRole,
+    and without them its reflector would retry a 403 forever; decisions never need it."""
+
 
 DEFAULT_SETTINGS = ClusterSettings()

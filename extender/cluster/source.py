@@ -1,5 +1,9 @@
 """The cluster source: two reflectors (Nodes, bound Pods) feeding one cache, published to the store.
 
+A third reflector, when its list call is given, keeps the cluster's PriorityClasses apart from
+the cache (:attr:`ClusterSource.priority_classes`), for dry runs of manifests that name a class
+but carry no ``spec.priority``.
+
 Publication is coalesced: the first change after a quiet spell is published at once, later ones
 at most every ``publish_interval_s`` (a publication rebuilds the snapshot, O(nodes)). Between
 events the source still wakes every ``tick_s`` to drop pods that left the estimation window and
@@ -25,8 +29,8 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from extender.cluster.cache import ClusterCache, NodeSink, PodSink
-from extender.cluster.decode import NodeRecord, PodRecord
+from extender.cluster.cache import ClusterCache, NodeSink, PodSink, PriorityClasses
+from extender.cluster.decode import NodeRecord, PodRecord, PriorityClassRecord
 from extender.cluster.reflector import ListCall, Reflector
 from extender.cluster.settings import DEFAULT_SETTINGS, POD_FIELD_SELECTOR, ClusterSettings
 from extender.core import Rules
@@ -82,6 +86,7 @@ class ClusterSource:
         rng: random.Random | None = None,
         close: Callable[[], Awaitable[None]] | None = None,
         api_client: Any = None,
+        list_priority_classes: ListCall | None = None,
     ) -> None:
         self.store = store
         self.settings = settings
@@ -111,6 +116,21 @@ class ClusterSource:
             sleep=sleep,
             rng=rng,
         )
+        self.priority_classes = PriorityClasses()
+        """The cluster's PriorityClasses, when ``list_priority_classes`` is given (a third
+        reflector keeps them): :meth:`PriorityClasses.resolve` says what priority a manifest
+        without ``spec.priority`` would get. Not part of readiness: decisions never need it."""
+        self.classes: Reflector[PriorityClassRecord] | None = None
+        if list_priority_classes is not None:
+            self.classes = Reflector(
+                "priorityclasses",
+                list_priority_classes,
+                self.priority_classes,
+                settings,
+                clock=clock,
+                sleep=sleep,
+                rng=rng,
+            )
         self.publications = 0
         self.published_at: float | None = None
         self.tasks: list[asyncio.Task[None]] = []
@@ -123,6 +143,8 @@ class ClusterSource:
             async with asyncio.TaskGroup() as group:
                 group.create_task(self.nodes.run(), name="cluster-nodes")
                 group.create_task(self.pods.run(), name="cluster-pods")
+                if self.classes is not None:
+                    group.create_task(self.classes.run(), name="cluster-priorityclasses")
                 group.create_task(self._publisher(), name="cluster-publisher")
         finally:
             if self._close is not None:

@@ -318,6 +318,39 @@ def compile_rules(doc: PolicyDocument) -> Rules:
     )
 
 
+def static_file(document: PolicyDocument, base_dir: FsPath | None) -> FsPath:
+    """The file the static source reads: ``metrics.static.file``, relative to the policy's
+    folder (``base_dir``) unless absolute."""
+    path = FsPath(document.metrics.static.file)
+    if not path.is_absolute() and base_dir is not None:
+        path = base_dir / path
+    return path
+
+
+def missing_files(policy: LoadedPolicy) -> list[str]:
+    """Files a loaded policy names that are not there, as formatted issues: the static source's
+    file, when the static source is the one in use (the default). ``policy check`` reports them
+    as errors and ``serve`` refuses to start on them, so that the check says what start-up
+    rejects. Reloads do not ask: a ConfigMap update may bring the policy a moment before the
+    file, and the static source keeps its last good data meanwhile."""
+    document = policy.document
+    if document.metrics.source != "static" or policy.base_dir is None:
+        return []
+    path = static_file(document, policy.base_dir)
+    if path.is_file():
+        return []
+    doc = parse(policy.text)  # again, for the line and column of the setting
+    at: Path = ("metrics", "static", "file")
+    given = at in doc.positions
+    default = "" if given else " (the default)"
+    message = (
+        f"{path} does not exist{default}: the static source (metrics.source, static by default) "
+        "reads it, relative to the policy's folder; create it or choose another metrics.source"
+    )
+    issue = Issue(doc.mark_of(at if given else ("metrics", "source")), at, message)
+    return [issue.format(policy.source)]
+
+
 def load_text(text: str, filename: str, base_dir: FsPath | None = None) -> LoadedPolicy:
     """Validate and compile policy text; raise :class:`PolicyError` listing every problem."""
     doc = parse(text)

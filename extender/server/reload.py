@@ -2,7 +2,12 @@
 
 A ConfigMap volume is updated by the kubelet writing a new timestamped directory and swapping
 the ``..data`` symlink, so the file's own inode never changes: watching the file alone misses
-updates. The directory is watched (inotify through ``watchfiles``) and, as a safety net for
+updates. The directory is watched (inotify through ``watchfiles``), but only events on the policy
+file's own name and on ``..data`` count (:class:`PolicyFilter`): whatever else lives there (a log
+file, an editor's swap file, the timestamped directories) never triggers a check (a busy file
+still wakes the watcher once per debounce window, to no effect), and changes are
+logged at debug only (watchfiles' own info line per change is silenced), so a log file in the
+same directory cannot feed the watcher with its own lines. As a safety net for
 filesystems without events, the file's content hash is checked every ``interval`` seconds. When
 the directory is deleted or replaced, the watch is armed again on the new one (a deleted
 directory is looked for every :data:`DIR_RECHECK_S`), with one warning while it is missing and
@@ -54,7 +59,31 @@ DEBOUNCE_MS = 200
 #: instead of waiting for the content check.
 DIR_RECHECK_S = 1.0
 
+#: The symlink a ConfigMap volume swaps to publish an update (kubelet's atomic writer).
+CONFIGMAP_DATA = "..data"
+
 OnReload = Callable[[LoadedPolicy, LoadedPolicy], Awaitable[None]]
+
+
+class PolicyFilter:
+    """A watchfiles ``watch_filter``: the events that can change the policy. The file's name
+    (an edit, or an editor's rename over it), ``..data`` (a ConfigMap update) and the directory
+    itself (its deletion, after which the watch is armed again)."""
+
+    def __init__(self, path: Path) -> None:
+        self.folder = str(path.parent)
+        self.names = frozenset({path.name, CONFIGMAP_DATA})
+
+    def __call__(self, change: watchfiles.Change, path: str) -> bool:
+        return path == self.folder or os.path.basename(path) in self.names
+
+
+def quiet_watchfiles() -> None:
+    """watchfiles logs every batch of changes at info (``N changes detected``) and, at debug,
+    every batch it filtered out: with a log file in the watched directory, each line would be
+    a change that writes another line. Only its warnings are kept; the watcher logs the changes
+    that count itself, at debug."""
+    logging.getLogger("watchfiles").setLevel(logging.WARNING)
 
 
 def file_digest(path: Path) -> str:
@@ -203,6 +232,8 @@ class PolicyReloader:
         """Watch the directory until ``stop``; re-armed whenever the directory is deleted or
         replaced, and never ended by an error."""
         folder = self.path.parent
+        quiet_watchfiles()
+        relevant = PolicyFilter(self.path)
         missing = False
         failing: str | None = None
         while not stop.is_set():
@@ -226,6 +257,9 @@ class PolicyReloader:
                 stop_event=stop,
                 debounce=DEBOUNCE_MS,
                 recursive=False,
+                # Filtered below, not by watchfiles: it yields nothing for a batch it filtered
+                # out, and a busy log file beside the policy would then starve the directory
+                # re-check (and the first `watching`) that each yield gives time for.
                 watch_filter=None,
                 rust_timeout=int(DIR_RECHECK_S * 1000),
                 yield_on_timeout=True,  # an empty set every DIR_RECHECK_S: time to stat
@@ -240,7 +274,9 @@ class PolicyReloader:
                         gone = any(p == str(folder) for _, p in changes)
                         if gone or _identity(folder) != armed:
                             break  # deleted or replaced: arm again on what is there now
-                        if changes:
+                        counted = {(c, p) for c, p in changes if relevant(c, p)}
+                        if counted:
+                            log.debug("policy directory changed: %s", sorted(counted))
                             await self.check()
             except Exception as exc:  # inotify limits, a watcher bug: never the end of watching
                 if failing != str(exc):

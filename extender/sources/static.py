@@ -302,6 +302,9 @@ class StaticSource:
 
 
 def static_path(file: str, base_dir: Path | None) -> Path:
+    """``file`` relative to the policy's folder unless absolute: the path resolution of
+    :func:`extender.policy.loader.static_file`, which ``policy check`` and start-up use to say
+    the file is missing before this source ever reads it."""
     p = Path(file)
     if not p.is_absolute() and base_dir is not None:
         p = base_dir / p
