@@ -528,7 +528,9 @@ def _assess(
             if tier.on_stale is OnStale.REJECT:
                 codes = np.where((codes == 0) & stale, -1, codes)
             usage = np.where(fresh, projection, np.nan)
-            if tier.on_stale is OnStale.ALLOW and stale.any():
+            # Elementwise (any row not fresh), so a decision never depends on which other nodes
+            # are candidates: the whole-snapshot assessment must give the per-request answer.
+            if tier.on_stale is OnStale.ALLOW and not fresh.all():
                 usage = np.where(fresh, usage, by_requests())
         u = np.minimum(np.maximum(usage, 0.0), 1.0)  # NaN stays NaN (unknown)
         raw = _combine(tier, _strategy_parts(tier, u), vec.weights, neutral)

@@ -9,6 +9,8 @@ storage, so a test can take the source away and bring it back as an outage would
 from __future__ import annotations
 
 import json
+import shutil
+import time
 import urllib.parse
 from pathlib import Path
 from typing import Any
@@ -62,8 +64,12 @@ class LivePrometheus:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def start(self) -> LivePrometheus:
-        """Start (or restart, on the port and storage of the first start)."""
+    def start(self, fresh: bool = False) -> LivePrometheus:
+        """Start (or restart, on the port and storage of the first start). ``fresh`` drops the
+        stored samples first: a Prometheus that lost its storage (a pod without a volume)."""
+        if fresh:  # a new folder: the old process may still be flushing into the old one
+            shutil.rmtree(self.data, ignore_errors=True)
+            self.data = self.folder / f"data-{time.monotonic_ns()}"
         for attempt in range(START_ATTEMPTS):
             if not self.port or attempt:
                 self.port = free_port()
