@@ -237,7 +237,7 @@ async def extender(policy: Path, max_bytes: int) -> AsyncIterator[tuple[str, int
         # sheds them with a 503 by design. kube-scheduler sends one at a time; the benchmark
         # raises the budget to measure the rows anyway.
         "--max-body-bytes-in-flight",
-        str(max_bytes * 9),
+        str(max(max_bytes * 9, 256 << 20)),  # never below the default budget
         # ... and eight 66 MB bodies sent at once share the link: each arrives at an eighth of
         # the rate the body deadline assumes (64 MiB/s). The benchmark measures throughput, not
         # stalled callers.
