@@ -438,3 +438,15 @@ def wait_until(
 ) -> None:
     """Poll ``check`` until true; after ``timeout`` fail with ``what`` and ``explain()``."""
     kube.wait_for(what, check, explain, timeout)
+
+
+OUTAGE_MAX_AGE_S = 5.0
+"""A policy ``maxAge`` small enough that an outage turns into the fallback within seconds."""
+FRESH_S = 3.0
+"""A source that refreshes every second has succeeded within this long when it is up."""
+
+
+def source_age(snap: dict[str, Any]) -> float:
+    """Seconds since the extender's live source last refreshed, from its /snapshot."""
+    ok = snap.get("sourceOkAt")
+    return float("inf") if ok is None else float(snap["takenAt"]) - float(ok)

@@ -10,19 +10,8 @@ full requests; the outage because pods bound while Prometheus was down were coun
 from __future__ import annotations
 
 import time
-from typing import Any
 
-from tests.e2e.harness import Scenario, wait_until
-
-MAX_AGE_S = 5.0
-"""Small, so that the outage turns into the request-based fallback within seconds."""
-FRESH_S = 3.0
-"""A source that refreshes every second has succeeded within this long when it is up."""
-
-
-def _source_age(snap: dict[str, Any]) -> float:
-    ok = snap.get("sourceOkAt")
-    return float("inf") if ok is None else float(snap["takenAt"]) - float(ok)
+from tests.e2e.harness import FRESH_S, OUTAGE_MAX_AGE_S, Scenario, source_age, wait_until
 
 
 def test_a_rolling_update_is_never_stranded(scenario: Scenario) -> None:
@@ -68,7 +57,7 @@ def test_after_an_outage_nothing_is_rejected_everywhere(scenario: Scenario) -> N
     baseline (the last sample before the outage) as their usage, so a node's projection is about
     its true load plus the incoming pod, under the ceiling on the nodes with two pods or fewer."""
     sc = scenario
-    sc.s.ensure(policy=sc.s.policy(maxAge=f"{MAX_AGE_S:g}s"))
+    sc.s.ensure(policy=sc.s.policy(maxAge=f"{OUTAGE_MAX_AGE_S:g}s"))
     nodes = [sc.node(f"n{i}", 0.25, cores=8, memory_gib=32, follow=True) for i in range(4)]
     sc.wait_extender_sees()
 
@@ -77,7 +66,7 @@ def test_after_an_outage_nothing_is_rejected_everywhere(scenario: Scenario) -> N
     try:
         wait_until(
             "the extender to count the source as down",
-            lambda: _source_age(sc.s.ext.snapshot()) > MAX_AGE_S,
+            lambda: source_age(sc.s.ext.snapshot()) > OUTAGE_MAX_AGE_S,
             lambda: str(sc.s.ext.snapshot().get("sourceOkAt")),
         )
         during = sc.create_pods(
@@ -90,7 +79,7 @@ def test_after_an_outage_nothing_is_rejected_everywhere(scenario: Scenario) -> N
 
     wait_until(
         "the extender to read Prometheus again",
-        lambda: _source_age(sc.s.ext.snapshot()) < FRESH_S,
+        lambda: source_age(sc.s.ext.snapshot()) < FRESH_S,
         lambda: str(sc.s.ext.snapshot().get("sourceOkAt")),
     )
     # A restarted series needs two scrapes before the rules give it a value (until then a node

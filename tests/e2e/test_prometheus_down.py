@@ -10,24 +10,12 @@ so a pod lands there only when the live data is not used.
 
 from __future__ import annotations
 
-from typing import Any
-
-from tests.e2e.harness import Scenario, wait_until
-
-MAX_AGE_S = 5.0
-"""Small, so that the fallback starts within seconds of the outage."""
-FRESH_S = 3.0
-"""A source that refreshes every second has succeeded within this long when it is up."""
-
-
-def _source_age(snap: dict[str, Any]) -> float:
-    ok = snap.get("sourceOkAt")
-    return float("inf") if ok is None else float(snap["takenAt"]) - float(ok)
+from tests.e2e.harness import FRESH_S, OUTAGE_MAX_AGE_S, Scenario, source_age, wait_until
 
 
 def test_prometheus_outage_falls_back_to_requests_and_recovers(scenario: Scenario) -> None:
     sc = scenario
-    policy = sc.s.policy(maxAge=f"{MAX_AGE_S:g}s")
+    policy = sc.s.policy(maxAge=f"{OUTAGE_MAX_AGE_S:g}s")
     sc.s.ensure(policy=policy)
     hot = sc.node("hot", 0.90, cores=64, memory_gib=256)
     cool = [sc.node(f"cool-{i}", 0.10, cores=16) for i in (1, 2)]
@@ -41,7 +29,7 @@ def test_prometheus_outage_falls_back_to_requests_and_recovers(scenario: Scenari
     try:
         wait_until(
             "the extender to count the source as down",
-            lambda: _source_age(sc.s.ext.snapshot()) > MAX_AGE_S,
+            lambda: source_age(sc.s.ext.snapshot()) > OUTAGE_MAX_AGE_S,
             lambda: str(sc.s.ext.snapshot().get("sourceOkAt")),
         )
         during_names = sc.create_pods(
@@ -60,7 +48,7 @@ def test_prometheus_outage_falls_back_to_requests_and_recovers(scenario: Scenari
 
     wait_until(
         "the extender to read Prometheus again",
-        lambda: _source_age(sc.s.ext.snapshot()) < FRESH_S,
+        lambda: source_age(sc.s.ext.snapshot()) < FRESH_S,
         lambda: str(sc.s.ext.snapshot().get("sourceOkAt")),
     )
     sc.wait_extender_sees()
