@@ -407,7 +407,7 @@ def assess_all(pod: PodInfo, snap: Snapshot, rules: Rules, now: float) -> Assess
     """``pod``'s kind over every column of ``snap`` (the unknown column last)."""
     cols = np.arange(len(snap.names) + 1, dtype=np.intp)
     with np.errstate(all="ignore"):
-        return _assess(pod, cols, snap, rules, now, None, None)
+        return _assess(pod, cols, snap, rules, now, None, None, kept=True)
 
 
 def evaluate(
@@ -467,6 +467,7 @@ def _assess(
     now: float,
     allocatable: FloatArray | None,
     freed: FloatArray | None,
+    kept: bool = False,
 ) -> Assessment:
     count = len(cols)
     signals = snap.signals
@@ -538,7 +539,9 @@ def _assess(
             raw = np.where(stale, neutral, raw)
     # Round half up; raw is in 0..10 so truncating raw + 0.5 is the floor.
     scores = np.minimum(np.maximum(raw + 0.5, 0.0), MAX_SCORE).astype(np.int64)
-    valid = _validity(sampled_at, fresh, snap.source_ok_at, rules, now)
+    # Only an assessment kept for later requests needs the span it stays valid in; one built
+    # for a single request is used at ``now`` and thrown away.
+    valid = _validity(sampled_at, fresh, snap.source_ok_at, rules, now) if kept else (now, now)
     return Assessment.make(
         (tier, bypass, estimate, fallback),
         cols,

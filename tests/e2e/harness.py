@@ -450,3 +450,14 @@ def source_age(snap: dict[str, Any]) -> float:
     """Seconds since the extender's live source last refreshed, from its /snapshot."""
     ok = snap.get("sourceOkAt")
     return float("inf") if ok is None else float(snap["takenAt"]) - float(ok)
+
+
+def stop_prometheus_until_fallback(sc: Scenario) -> None:
+    """Stop the session's Prometheus and wait until the extender counts its source as down
+    (the policy's ``maxAge`` must be :data:`OUTAGE_MAX_AGE_S`)."""
+    sc.s.prometheus.stop()
+    wait_until(
+        "the extender to count the source as down",
+        lambda: source_age(sc.s.ext.snapshot()) > OUTAGE_MAX_AGE_S,
+        lambda: str(sc.s.ext.snapshot().get("sourceOkAt")),
+    )

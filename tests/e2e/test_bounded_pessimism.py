@@ -11,7 +11,14 @@ from __future__ import annotations
 
 import time
 
-from tests.e2e.harness import FRESH_S, OUTAGE_MAX_AGE_S, Scenario, source_age, wait_until
+from tests.e2e.harness import (
+    FRESH_S,
+    OUTAGE_MAX_AGE_S,
+    Scenario,
+    source_age,
+    stop_prometheus_until_fallback,
+    wait_until,
+)
 
 
 def test_a_rolling_update_is_never_stranded(scenario: Scenario) -> None:
@@ -62,13 +69,8 @@ def test_after_an_outage_nothing_is_rejected_everywhere(scenario: Scenario) -> N
     sc.wait_extender_sees()
 
     prom = sc.s.prometheus
-    prom.stop()
     try:
-        wait_until(
-            "the extender to count the source as down",
-            lambda: source_age(sc.s.ext.snapshot()) > OUTAGE_MAX_AGE_S,
-            lambda: str(sc.s.ext.snapshot().get("sourceOkAt")),
-        )
+        stop_prometheus_until_fallback(sc)
         during = sc.create_pods(
             [(f"during-{i}", "standard", {"cpu": "1", "memory": "1Gi"}) for i in range(8)]
         )

@@ -10,7 +10,14 @@ so a pod lands there only when the live data is not used.
 
 from __future__ import annotations
 
-from tests.e2e.harness import FRESH_S, OUTAGE_MAX_AGE_S, Scenario, source_age, wait_until
+from tests.e2e.harness import (
+    FRESH_S,
+    OUTAGE_MAX_AGE_S,
+    Scenario,
+    source_age,
+    stop_prometheus_until_fallback,
+    wait_until,
+)
 
 
 def test_prometheus_outage_falls_back_to_requests_and_recovers(scenario: Scenario) -> None:
@@ -25,13 +32,8 @@ def test_prometheus_outage_falls_back_to_requests_and_recovers(scenario: Scenari
     assert set(before.values()) <= set(cool), before
 
     prom = sc.s.prometheus
-    prom.stop()
     try:
-        wait_until(
-            "the extender to count the source as down",
-            lambda: source_age(sc.s.ext.snapshot()) > OUTAGE_MAX_AGE_S,
-            lambda: str(sc.s.ext.snapshot().get("sourceOkAt")),
-        )
+        stop_prometheus_until_fallback(sc)
         during_names = sc.create_pods(
             [(f"during-{i}", "production", {}) for i in range(3)] + [("during-std", "standard", {})]
         )
