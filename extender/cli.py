@@ -18,6 +18,7 @@ from extender import __version__
 
 if TYPE_CHECKING:
     from extender.policy import LoadedPolicy, PolicyError
+    from extender.server.app import ServerSettings
     from extender.server.tls import TLSFiles
 
 # Each command imports what it needs when it runs, so that ``--version`` and ``policy check``
@@ -118,6 +119,11 @@ def _explain_parser(e: argparse.ArgumentParser) -> None:
     e.add_argument("--nodes", help="comma-separated candidate nodes (default: all known)")
     e.add_argument("--top", default="5", help="nodes whose inputs are shown, or 'all'")
     e.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    e.add_argument(
+        "--token-file",
+        help="send the bearer token in this file to --admin (an extender serving with "
+        "--admin-auth kubernetes), e.g. from kubectl create token NAME",
+    )
 
 
 def _check(files: Sequence[str]) -> int:
@@ -186,8 +192,7 @@ def _serve(ns: argparse.Namespace) -> int:
     except PolicyError as exc:
         fallback = _last_good(state_dir, options.policy, exc) if options.policy else None
         if fallback is None:
-            for line in exc.issues:
-                print(line, file=sys.stderr)
+            _policy_problems(options.policy or "", exc)
             return 1
         policy = fallback
     missing = missing_files(policy)  # policy check reports the same
@@ -199,10 +204,41 @@ def _serve(ns: argparse.Namespace) -> int:
     policy_path = Path(options.policy) if options.policy else None
     try:
         asyncio.run(serve(policy, settings, policy_path, state_dir, cluster))
-    except (OSError, TLSConfigError, ClusterConfigError) as exc:
-        print(f"error: cannot start: {exc}", file=sys.stderr)
+    except (OSError, TLSConfigError, ClusterConfigError, SettingsError) as exc:
+        print(f"error: cannot start: {_start_problem(exc, settings)}", file=sys.stderr)
         return 1
     return 0
+
+
+def _start_problem(exc: BaseException, settings: ServerSettings) -> str:
+    """What stopped start-up, in words; for a port in use, which flag and variable move it."""
+    import errno
+
+    if isinstance(exc, OSError) and exc.errno == errno.EADDRINUSE:
+        text = str(exc)
+        ports = [("port", settings.host, settings.port)]
+        ports.append(("admin-port", settings.admin_host, settings.admin_port))
+        for flag, host, port in ports:
+            if f"'{host}', {port})" in text:
+                variable = "PRIORITY_EXTENDER_" + flag.replace("-", "_").upper()
+                return (
+                    f"{host}:{port} is already in use: choose another with --{flag} "
+                    f"(or {variable}), or stop what listens there"
+                )
+    return str(exc)
+
+
+def _policy_problems(path: str, exc: PolicyError) -> None:
+    """Why ``serve`` cannot start on the policy file ``path``, on stderr: one ``error:`` line
+    for a file that cannot be read at all; otherwise every problem with its place
+    (``file:line:col``), then one ``error:`` line."""
+    marker = f"{path}:0:0: (file): "
+    if len(exc.issues) == 1 and exc.issues[0].startswith(marker):
+        print(f"error: {path}: {exc.issues[0].removeprefix(marker)}", file=sys.stderr)
+        return
+    for line in exc.issues:
+        print(line, file=sys.stderr)
+    print(f"error: cannot start: {path}: {len(exc.issues)} error(s)", file=sys.stderr)
 
 
 def _last_good(state_dir: Path | None, path: str, invalid: PolicyError) -> LoadedPolicy | None:
@@ -241,11 +277,13 @@ def _last_good(state_dir: Path | None, path: str, invalid: PolicyError) -> Loade
     return kept
 
 
-def _http(url: str, data: bytes | None = None) -> Any:
+def _http(url: str, data: bytes | None = None, token: str | None = None) -> Any:
     import urllib.error
     import urllib.request
 
     req = urllib.request.Request(url, data=data, method="POST" if data is not None else "GET")
+    if token:
+        req.add_header("Authorization", f"Bearer {token}")
     try:
         with urllib.request.urlopen(req, timeout=30) as resp:
             return json.loads(resp.read())
@@ -324,9 +362,10 @@ def _explain(ns: argparse.Namespace) -> int:
     results: list[dict[str, Any]]
     if ns.admin:
         base = ns.admin.rstrip("/")
+        token = _read(ns.token_file).decode(errors="replace").strip() if ns.token_file else None
         if ns.pod_file:
             body, manifest = _manifest(ns.pod_file)
-            result = _http(f"{base}/dry-run?{urllib.parse.urlencode(query)}", body)
+            result = _http(f"{base}/dry-run?{urllib.parse.urlencode(query)}", body, token)
             unresolved = _unresolved_priority(manifest)
             if unresolved is not None and isinstance(result, dict):
                 # The extender judged the manifest's spec as it came; it says nothing of a
@@ -337,7 +376,7 @@ def _explain(ns: argparse.Namespace) -> int:
             results = [result]
         elif ns.pod:
             query["pod"] = ns.pod
-            results = _http(f"{base}/decisions?{urllib.parse.urlencode(query)}")
+            results = _http(f"{base}/decisions?{urllib.parse.urlencode(query)}", token=token)
         else:
             raise SystemExit("error: give --pod or --pod-file with --admin")
     elif ns.snapshot:

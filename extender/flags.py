@@ -57,8 +57,9 @@ class ServeOptions:
 
 
 #: Fields left out of the generated flags, with why: ``tls`` is three files with their own flags
-#: (``--tls-cert-file`` ...); ``reload_interval`` is a test seam (the safety-net check period).
-SKIPPED = frozenset({"server.tls", "server.reload_interval"})
+#: (``--tls-cert-file`` ...); ``reload_interval`` is a test seam (the safety-net check period);
+#: ``admin_cluster`` is what start-up hands the admin port from the cluster source.
+SKIPPED = frozenset({"server.tls", "server.reload_interval", "server.admin_cluster"})
 
 #: Defaults of ``serve`` that differ from the dataclass's. ``ServerSettings.kubernetes`` is
 #: ``off`` so that embedding and tests never reach a cluster by accident; the command defaults

@@ -143,3 +143,71 @@ def test_explain_mistakes_are_one_error_line(args, message):
     res = cli(*args)
     assert res.returncode == 1
     assert res.stderr.strip().splitlines() == [message]
+
+
+# --- start-up mistakes: one error line each ----------------------------------------------------
+
+
+def test_a_policy_file_that_cannot_be_read_is_one_error_line(tmp_path):
+    for target, why in (
+        ("nope.yaml", "cannot read: No such file or directory"),
+        (str(tmp_path), "not a regular file (a directory); refused without reading it"),
+    ):
+        res = cli("serve", "--policy", target, "--port", "0", "--admin-port", "0")
+        assert res.returncode == 1
+        assert res.stderr.splitlines() == [f"error: {target}: {why}"]
+
+
+def test_an_invalid_policy_ends_with_one_error_line(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("kind: PriorityPolicy\n")
+    res = cli("serve", "--policy", str(bad), "--port", "0", "--admin-port", "0")
+    assert res.returncode == 1
+    lines = res.stderr.splitlines()
+    assert all(line.startswith(f"{bad}:1:1: ") for line in lines[:-1]), lines
+    assert lines[-1] == f"error: cannot start: {bad}: 2 error(s)"
+
+
+@pytest.mark.parametrize(("flag", "variable"), [("port", "PORT"), ("admin-port", "ADMIN_PORT")])
+def test_a_port_in_use_names_its_flag_and_variable(flag, variable):
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        ports = {"port": "0", "admin-port": "0", flag: str(port)}
+        res = cli(
+            "serve", "--kubernetes", "off", "--host", "127.0.0.1", "--admin-host", "127.0.0.1",
+            "--port", ports["port"], "--admin-port", ports["admin-port"], "--log-level", "error",
+        )  # fmt: skip
+    assert res.returncode == 1
+    assert res.stderr.splitlines() == [
+        f"error: cannot start: 127.0.0.1:{port} is already in use: choose another with "
+        f"--{flag} (or PRIORITY_EXTENDER_{variable}), or stop what listens there"
+    ]
+
+
+def test_a_configmap_policy_reads_its_relative_files_through_the_mount(tmp_path):
+    """A ConfigMap volume: ``policy.yaml -> ..data/policy.yaml``, ``..data -> ..v1/``. The
+    static source's relative file is read through the path as given, so after the kubelet swaps
+    ``..data`` to ``..v2/`` the new one is read, never the folder of the old version."""
+    from extender.policy import load_file
+
+    text = (
+        "apiVersion: priority-extender.io/v1alpha1\nkind: PriorityPolicy\n"
+        "metrics: {source: static, static: {file: metrics.yaml}}\ntiers:\n- name: all\n"
+    )
+    for version in ("..v1", "..v2"):
+        (tmp_path / version).mkdir()
+        (tmp_path / version / "policy.yaml").write_text(text)
+    (tmp_path / "..data").symlink_to("..v1")
+    (tmp_path / "policy.yaml").symlink_to("..data/policy.yaml")
+    first = load_file(tmp_path / "policy.yaml")
+    (tmp_path / "..data_tmp").symlink_to("..v2")
+    (tmp_path / "..data_tmp").replace(tmp_path / "..data")
+    second = load_file(tmp_path / "policy.yaml")
+    assert first.base_dir == second.base_dir == tmp_path
+    res = cli("policy", "check", str(tmp_path / "policy.yaml"))
+    assert res.returncode == 1  # metrics.yaml is in neither version: named via the mount
+    assert f"{tmp_path / 'metrics.yaml'}" in res.stderr, res.stderr

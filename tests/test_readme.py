@@ -108,3 +108,164 @@ def test_every_walkthrough_command_prints_what_the_readme_shows(server):
                 f"--- it printed:\n{res.stdout}"
             )
     assert not failures, "\n".join(failures)
+
+
+# --- the performance figures ---------------------------------------------------------------------
+#
+# The README's "Benchmarks" table is rendered from benchmarks/RESULTS.md (the last full run
+# committed) between the markers below; this test fails when the two disagree and shows the
+# table to paste. ``python -m tests.test_readme`` writes it into README.md.
+
+RESULTS = ROOT / "benchmarks" / "RESULTS.md"
+FIGURES_BEGIN = (
+    "<!-- figures:begin (python -m tests.test_readme writes this from benchmarks/RESULTS.md) -->"
+)
+FIGURES_END = "<!-- figures:end -->"
+
+
+def _results_sections(text: str) -> dict[str, str]:
+    parts = re.split(r"^#{2,3} (.+)\n", text, flags=re.M)
+    return dict(zip(parts[1::2], parts[2::2], strict=True))
+
+
+def _rows(body: str) -> list[dict[str, str]]:
+    """The first Markdown table of ``body`` as dicts by header (cells stripped of ``**``)."""
+    lines = [ln for ln in body.splitlines() if ln.startswith("|")]
+    header = [c.strip() for c in lines[0].strip("|").split("|")]
+    return [
+        dict(
+            zip(
+                header, (c.strip().replace("**", "") for c in ln.strip("|").split("|")), strict=True
+            )
+        )
+        for ln in lines[2:]
+    ]
+
+
+def _num(cell: str) -> float:
+    return float(cell.rstrip("x%").replace(",", ""))
+
+
+def _span(values: list[float], fmt: str = "{:.1f}") -> str:
+    low, high = fmt.format(min(values)), fmt.format(max(values))
+    return low if low == high else f"{low}–{high}"
+
+
+def figures_table(results: str) -> str:
+    """The README's figures, every one read from ``results`` (benchmarks/RESULTS.md)."""
+    sec = _results_sections(results)
+    names = _rows(sec["Names only (`nodeCacheCapable: true`)"])
+    full = _rows(next(v for k, v in sec.items() if k.startswith("Full Node objects")))
+
+    def pick(
+        rows: list[dict[str, str]], nodes: str, verbs: tuple[str, ...] = ("filter", "prioritize")
+    ) -> list[dict[str, str]]:
+        return [r for r in rows if r["nodes"] == nodes and r["conc."] == "1" and r["verb"] in verbs]
+
+    n500, n5000, f500 = pick(names, "500"), pick(names, "5,000"), pick(full, "500", ("filter",))
+    cpu = re.search(
+        r"\*\*([\d.]+) ms of CPU per pod\*\*, so one core sustains about \*\*([\d,]+) pods/s\*\*",
+        sec["CPU per scheduled pod"],
+    )
+    assert cpu is not None, "RESULTS.md: the CPU per pod sentence changed"
+    core = {
+        r["nodes"]: r for r in _rows(next(v for k, v in sec.items() if k.startswith("Core only")))
+    }
+    medians = (
+        {
+            r["median over the pairs"]: r
+            for r in _rows(
+                sec["Throughput: a backlog of 500 pods on 200 nodes"]
+                .split("| median over the pairs")[0]
+                .join(["", ""])
+                or ""
+            )
+        }
+        if False
+        else None
+    )
+    throughput = sec["Throughput: a backlog of 500 pods on 200 nodes"]
+    median_table = throughput[throughput.index("| median over the pairs") :]
+    medians = {r["median over the pairs"]: r for r in _rows(median_table)}
+    pods = medians["pods/s"]
+    placement = _rows(
+        sec["Placement quality: hidden load, one burst per tier"]
+        .split("| arm |", 1)[1]
+        .join(["| arm |", ""])
+    )
+    share = {
+        arm: [_num(r["share above"]) for r in placement if r["arm"] == arm]
+        for arm in ("stock", "extender")
+    }
+    rows = [
+        (
+            "`filter` / `prioritize`, 500 names, one at a time",
+            f"p50 {_span([_num(r['p50 ms']) for r in n500])} ms, p99 {_span([_num(r['p99 ms']) for r in n500])} ms "
+            f"({_span([_num(r['p50 ratio']) for r in n500])}× the bare-handler floor at p50)",
+        ),
+        (
+            "`filter` / `prioritize`, 5,000 names, one at a time",
+            f"p50 {_span([_num(r['p50 ms']) for r in n5000])} ms, p99 {_span([_num(r['p99 ms']) for r in n5000])} ms",
+        ),
+        (
+            f"full Node objects, 500 nodes ({f500[0]['request']} requests)",
+            f"p50 {_span([_num(r['p50 ms']) for r in f500])} ms: {_span([_num(r['p50 ratio']) for r in f500])}× the floor, "
+            f"which already spends {_span([_num(r['floor p50']) for r in f500])} ms reading the body",
+        ),
+        (
+            "extender CPU per scheduled pod (filter + prioritize, 500 names)",
+            f"{cpu[1]} ms: about {cpu[2]} pods/s per core",
+        ),
+        (
+            "the decision alone, 500 / 5,000 / 15,000 names (p50)",
+            " / ".join(f"{_num(core[n]['decide p50 ms']):.2f}" for n in ("500", "5,000", "15,000"))
+            + " ms",
+        ),
+        (
+            "the real kube-scheduler draining 500 pods on 200 nodes (`bench_scheduler`, median of the pairs)",
+            f"{pods['with extender']} pods/s with the extender against {pods['stock']} alone: "
+            f"{pods['extender / stock'].split()[0]} of its speed (the target, 0.85, is not met yet)",
+        ),
+        (
+            "placement: pods bound above their tier's ceiling by true load, at the bind instant",
+            f"stock {_span(share['stock'], '{:.0f}')}% per tier, with the extender {_span(share['extender'], '{:.0f}')}%",
+        ),
+    ]
+    lines = ["| what | figure |", "|---|---|", *(f"| {what} | {figure} |" for what, figure in rows)]
+    return "\n".join(lines) + "\n"
+
+
+def _readme_figures(readme: str) -> str:
+    start = readme.index(FIGURES_BEGIN) + len(FIGURES_BEGIN) + 1
+    return readme[start : readme.index(FIGURES_END)]
+
+
+def test_the_readme_figures_come_from_the_committed_results():
+    expected = figures_table(RESULTS.read_text())
+    readme = README.read_text()
+    assert FIGURES_BEGIN in readme
+    assert FIGURES_END in readme
+    assert _readme_figures(readme) == expected, (
+        "README.md's figures differ from benchmarks/RESULTS.md: run `python -m tests.test_readme`"
+        f" to write them:\n{expected}"
+    )
+
+
+def test_no_figure_without_a_source():
+    """The soak has no committed result (benchmarks/soak.py prints its table only): the README
+    quotes none of it, and says how to run it."""
+    benchmarks = _sections(README.read_text())["Benchmarks"]
+    assert "RSS flat" not in benchmarks
+    assert "python -m benchmarks.soak" in benchmarks
+
+
+if __name__ == "__main__":
+    text = README.read_text()
+    if FIGURES_BEGIN not in text or FIGURES_END not in text:
+        raise SystemExit(f"error: {README}: the figures markers are missing")
+    head, _, rest = text.partition(FIGURES_BEGIN + "\n")
+    _, _, tail = rest.partition(FIGURES_END)
+    README.write_text(
+        head + FIGURES_BEGIN + "\n" + figures_table(RESULTS.read_text()) + FIGURES_END + tail
+    )
+    print(f"{README}: figures written from {RESULTS}")

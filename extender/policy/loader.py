@@ -387,7 +387,15 @@ def load_text(text: str, filename: str, base_dir: FsPath | None = None) -> Loade
 def load_file(path: str | FsPath) -> LoadedPolicy:
     """Read and load a policy file; unreadable files are a :class:`PolicyError` too."""
     text = read_text(path, MAX_POLICY_BYTES, PolicyError)
-    return load_text(text, str(path), FsPath(path).resolve().parent)
+    return load_text(text, str(path), policy_dir(path))
+
+
+def policy_dir(path: str | FsPath) -> FsPath:
+    """The folder of the policy file as given, made absolute without resolving symlinks, where
+    its relative paths (the static source's file) are read. A ConfigMap's ``policy.yaml`` is a
+    symlink through ``..data`` into a timestamped folder that the next update replaces: the
+    resolved folder would keep naming the old one, and every later read would be stale."""
+    return FsPath(os.path.abspath(path)).parent
 
 
 def embedded_default() -> LoadedPolicy:
@@ -477,5 +485,5 @@ def load_last_good(state_dir: FsPath, policy_path: str | FsPath) -> LoadedPolicy
         )
     # Problems are reported against the copy (its lines), not the file on disk.
     copy = f"{policy_path} (last good copy in {name})"
-    loaded = load_text(text, copy, FsPath(policy_path).resolve().parent)
+    loaded = load_text(text, copy, policy_dir(policy_path))
     return replace(loaded, source=str(policy_path), origin="last-good")

@@ -83,6 +83,12 @@ WRITE_TARGETS = (
     ("scheduling.k8s.io", "priorityclasses", ""),
     ("rbac.authorization.k8s.io", "clusterrolebindings", ""),
 )
+DELEGATED_REVIEWS = {
+    # system:auth-delegator (deploy/base/rbac.yaml), for --admin-auth kubernetes: create only,
+    # and a review reads and changes nothing.
+    "tokenreviews.authentication.k8s.io",
+    "subjectaccessreviews.authorization.k8s.io",
+}
 SELF_REVIEWS = {
     # Granted to every authenticated user by the built-in system:basic-user: questions about
     # oneself, which change nothing.
@@ -363,8 +369,9 @@ def test_every_overlay_applies_server_side(deployed: Deployed, e2e: Session) -> 
 
 
 def test_the_extender_service_account_can_only_read(deployed: Deployed) -> None:
-    """With the base RBAC alone (main-scheduler): get/list/watch nodes and pods, nothing else;
-    and the extender runs on it (its first node list needs exactly that)."""
+    """With the base RBAC alone (main-scheduler): get/list/watch nodes and pods, and create
+    TokenReviews and SubjectAccessReviews (--admin-auth kubernetes), nothing else; and the
+    extender runs on it (its first node list needs exactly that)."""
     assert deployed.read_only is not None
     allowed = deployed.read_only.allowed
     for resource in ("nodes", "pods"):
@@ -375,8 +382,15 @@ def test_the_extender_service_account_can_only_read(deployed: Deployed) -> None:
     rows = can_i_rows(deployed.read_only.can_i)
     assert ("nodes", READ_VERBS) in rows, deployed.read_only.can_i
     assert ("pods", READ_VERBS) in rows, deployed.read_only.can_i
-    beyond = [(r, v) for r, v in rows if r not in SELF_REVIEWS and not v <= READ_VERBS]
+    beyond = [
+        (r, v)
+        for r, v in rows
+        if r not in SELF_REVIEWS
+        and not v <= READ_VERBS
+        and not (r in DELEGATED_REVIEWS and v == {"create"})
+    ]
     assert beyond == [], f"more than read access:\n{deployed.read_only.can_i}"
+    assert {r for r, v in rows if v == {"create"}} >= DELEGATED_REVIEWS, deployed.read_only.can_i
     assert deployed.extender is not None
     assert deployed.extender_ready_read_only, deployed.extender.log()
     denied = [line for line in deployed.extender.log().splitlines() if "forbidden" in line.lower()]
@@ -459,6 +473,7 @@ def test_the_second_scheduler_schedules_with_the_shipped_configuration_and_rbac(
     assert sorted((ns, role) for _kind, ns, role in bound) == sorted(
         [
             ("", "priority-extender"),
+            ("", "system:auth-delegator"),
             ("", "system:kube-scheduler"),
             ("", "system:volume-scheduler"),
             ("kube-system", "extension-apiserver-authentication-reader"),
