@@ -35,7 +35,6 @@ from collections.abc import Callable
 from pathlib import Path
 
 import aiohttp
-from aiohttp import web
 from kubernetes.aio import client as k8s
 from prometheus_client import CollectorRegistry
 
@@ -206,7 +205,7 @@ async def main(ns: argparse.Namespace) -> None:
     lag = LagMonitor()
     lag_task = asyncio.create_task(lag.run())
     source: ClusterSource | None = None
-    runner: web.AppRunner | None = None
+    ext: Extender | None = None
     try:
         store = SnapshotStore(embedded_default())
         now = time.time()
@@ -237,11 +236,7 @@ async def main(ns: argparse.Namespace) -> None:
         print(f"synced in {t_sync:.1f}s; rss {rss_synced:.0f} MB", flush=True)
 
         ext = Extender(store, Metrics(CollectorRegistry()), ServerSettings())
-        runner = web.AppRunner(ext.scheduler_app(), access_log=None)
-        await runner.setup()
-        site = web.TCPSite(runner, "127.0.0.1", 0)
-        await site.start()
-        port = runner.addresses[0][1]
+        port = await ext.port.start("127.0.0.1", 0)
 
         with tempfile.TemporaryDirectory() as tmp:
             bodies = Path(tmp) / "bodies.json"
@@ -277,8 +272,8 @@ async def main(ns: argparse.Namespace) -> None:
             for task in source.tasks:
                 task.cancel()
             await asyncio.gather(*source.tasks, return_exceptions=True)
-        if runner is not None:
-            await runner.cleanup()
+        if ext is not None:
+            await ext.port.stop(1.0)
         fake.kill()
         fake.wait()
 

@@ -28,8 +28,8 @@ async def ext() -> Extender:
 
 
 @pytest.fixture
-async def client(aiohttp_client, ext):
-    return await aiohttp_client(ext.scheduler_app())
+async def client(scheduler_client, ext):
+    return await scheduler_client(ext)
 
 
 async def post(client, path: str, body: bytes, ctype: str = "application/json"):
@@ -78,9 +78,9 @@ async def test_prioritize(client, name):
     assert (scores["node-006"], scores["node-001"]) == (9, 8)
 
 
-async def test_url_prefix(aiohttp_client):
+async def test_url_prefix(scheduler_client):
     ext = await make_extender(url_prefix="/scheduler/")
-    client = await aiohttp_client(ext.scheduler_app())
+    client = await scheduler_client(ext)
     status, _ = await post(client, "/scheduler/filter", fixture_bytes("filter-nodecache-true.json"))
     assert status == 200
     status, _ = await post(client, "/filter", fixture_bytes("filter-nodecache-true.json"))
@@ -114,9 +114,9 @@ async def test_wrong_method_and_path_answer_json(client):
     assert (await resp.json())["Error"] == "Not Found: POST /nope"
 
 
-async def test_oversized_body_gets_413_with_advice(aiohttp_client):
+async def test_oversized_body_gets_413_with_advice(scheduler_client):
     ext = await make_extender(max_request_bytes=4096)
-    client = await aiohttp_client(ext.scheduler_app())
+    client = await scheduler_client(ext)
     body = fixture_bytes("filter-nodecache-false.json")  # 10 KB
     status, reply = await post(client, "/filter", body)
     assert status == 413
@@ -135,12 +135,12 @@ async def test_oversized_body_gets_413_with_advice(aiohttp_client):
     assert status == 200
 
 
-async def test_internal_failure_fails_open(aiohttp_client, caplog):
+async def test_internal_failure_fails_open(scheduler_client, caplog):
     def broken_clock() -> float:
         raise RuntimeError("clock exploded")
 
     ext = await make_extender(clock=broken_clock)
-    client = await aiohttp_client(ext.scheduler_app())
+    client = await scheduler_client(ext)
     body = fixture_bytes("filter-nodecache-true-20nodes.json")
     status, reply = await post(client, "/filter", body)
     assert status == 200
@@ -158,8 +158,8 @@ async def test_internal_failure_fails_open(aiohttp_client, caplog):
         assert registry.get_sample_value("priority_extender_requests_total", labels) == 1
 
 
-async def test_admin_probes_and_metrics(aiohttp_client, ext):
-    sched = await aiohttp_client(ext.scheduler_app())
+async def test_admin_probes_and_metrics(scheduler_client, aiohttp_client, ext):
+    sched = await scheduler_client(ext)
     admin = await aiohttp_client(ext.admin_app())
     assert (await admin.get("/livez")).status == 200
     assert (await admin.get("/readyz")).status == 503  # not ready until started
@@ -178,11 +178,11 @@ async def test_admin_probes_and_metrics(aiohttp_client, ext):
     assert "priority_extender_fallback_active 0.0" in text
 
 
-async def test_burst_of_32_callers_is_shed_fast_not_queued(aiohttp_client):
+async def test_burst_of_32_callers_is_shed_fast_not_queued(scheduler_client):
     # The four admitted callers hold their slots with slow bodies: a long body deadline keeps
     # them admitted on a loaded machine.
     ext = await make_extender(max_inflight=4, body_timeout=30.0)
-    client = await aiohttp_client(ext.scheduler_app())
+    client = await scheduler_client(ext)
     body = fixture_bytes("filter-nodecache-true.json")
     release = asyncio.Event()
 

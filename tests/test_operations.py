@@ -192,9 +192,9 @@ async def test_reload_restarts_the_source_when_metrics_settings_change(tmp_path)
 # --- explain -------------------------------------------------------------------------------------
 
 
-async def test_decisions_dry_run_and_snapshot_endpoints(aiohttp_client):
+async def test_decisions_dry_run_and_snapshot_endpoints(scheduler_client, aiohttp_client):
     ext = await make_extender()
-    sched = await aiohttp_client(ext.scheduler_app())
+    sched = await scheduler_client(ext)
     admin = await aiohttp_client(ext.admin_app())
     body = fixture_bytes("filter-nodecache-true-20nodes.json")
     await sched.post("/filter", data=body, headers={"Content-Type": "application/json"})
@@ -271,9 +271,9 @@ def test_offline_explain_prints_the_table(tmp_path):
 # --- metrics and logs ----------------------------------------------------------------------------
 
 
-async def test_state_metrics_at_scrape_time(aiohttp_client):
+async def test_state_metrics_at_scrape_time(scheduler_client, aiohttp_client):
     ext = await make_extender()
-    sched = await aiohttp_client(ext.scheduler_app())
+    sched = await scheduler_client(ext)
     admin = await aiohttp_client(ext.admin_app())
     await sched.post(
         "/prioritize",
@@ -303,30 +303,29 @@ def test_json_logs_carry_the_pod():
 
 
 async def test_abandoned_request_is_dropped():
+    """A caller that goes away mid-body (its httpTimeout) is counted and never decided."""
     ext = await make_extender()
-    # aiohttp's own test seam: a request whose connection is already closed.
-    request = make_mocked_request(
-        "POST", "/filter", payload=_payload(fixture_bytes("filter-nodecache-true.json"))
-    )
-    request.transport.is_closing.return_value = True
-    resp = await ext.filter(request)
-    assert resp.status == 499
-    sample = ext.metrics.registry.get_sample_value
-    assert (
-        sample("priority_extender_requests_total", {"verb": "filter", "outcome": "abandoned"}) == 1
-    )
-    assert len(ext.decisions) == 0
-
-
-def _payload(data: bytes):
-    from aiohttp import StreamReader
-    from aiohttp.base_protocol import BaseProtocol
-
-    loop = asyncio.get_running_loop()
-    stream = StreamReader(BaseProtocol(loop), 2**16, loop=loop)
-    stream.feed_data(data)
-    stream.feed_eof()
-    return stream
+    port = await ext.port.start("127.0.0.1", 0)
+    try:
+        body = fixture_bytes("filter-nodecache-true.json")
+        _reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(
+            b"POST /filter HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b"Content-Length: %d\r\n\r\n" % len(body) + body[:10]
+        )
+        await writer.drain()
+        writer.close()
+        await writer.wait_closed()
+        sample = ext.metrics.registry.get_sample_value
+        labels = {"verb": "filter", "outcome": "abandoned"}
+        async with asyncio.timeout(10):
+            while sample("priority_extender_requests_total", labels) != 1:
+                await asyncio.sleep(0.01)
+        assert len(ext.decisions) == 0
+        assert ext.body_bytes_in_flight == 0
+        assert ext.port.inflight == 0
+    finally:
+        await ext.port.stop(1.0)
 
 
 # --- TLS -----------------------------------------------------------------------------------------

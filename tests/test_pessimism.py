@@ -247,7 +247,7 @@ def test_observe_mode_exports_what_it_would_have_rejected():
     assert not np.any(decision.evaluation.verdict_keep)
 
 
-async def test_shadow_mode_over_http(aiohttp_client):
+async def test_shadow_mode_over_http(scheduler_client, aiohttp_client):
     """A policy in observe mode, through both ports: every node kept, neutral scores, and the
     metrics and explain show what it would have rejected."""
     from extender.server.app import Extender
@@ -259,7 +259,7 @@ async def test_shadow_mode_over_http(aiohttp_client):
         NOW,
     )
     ext = Extender(store, Metrics(CollectorRegistry()), clock=lambda: NOW)
-    scheduler = await aiohttp_client(ext.scheduler_app())
+    scheduler = await scheduler_client(ext)
     admin = await aiohttp_client(ext.admin_app())
     headers = {"Content-Type": "application/json"}
 

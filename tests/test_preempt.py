@@ -142,7 +142,7 @@ nodes:
 """
 
 
-async def test_preempt_over_http(aiohttp_client, tmp_path):
+async def test_preempt_over_http(scheduler_client, tmp_path):
     from extender.sources.static import StaticSource
 
     (tmp_path / "m.yaml").write_text(METRICS)
@@ -151,7 +151,7 @@ async def test_preempt_over_http(aiohttp_client, tmp_path):
     await StaticSource(store, tmp_path / "m.yaml", 15, lambda: NOW).refresh()
     now = [NOW]
     ext = Extender(store, Metrics(CollectorRegistry()), ServerSettings(), lambda: now[0])
-    client = await aiohttp_client(ext.scheduler_app())
+    client = await scheduler_client(ext)
 
     async def preempt(name: str) -> dict[str, object]:
         resp = await client.post(

@@ -1,12 +1,13 @@
-"""The aiohttp service: the scheduler port (filter, prioritize, preempt) and the admin port.
+"""The extender's two ports: the scheduler port (filter, prioritize, preempt) and the admin port.
 
-This layer owns HTTP only: admission (the in-flight limit and the in-flight body bytes, shed
-with a fast 503), the body deadline, size limit, Content-Type and Content-Encoding, abandoned
-callers, status codes, the request metrics and the routes.
-What a verb means (decode, decide, encode, fail open, the decision log) is
-:class:`extender.verbs.Verbs`; a handler reads the body and hands it over. The request path
-performs no network call and never awaits anything but the request body (and, for a large
-body, the worker thread that decides it, so the event loop keeps answering):
+This layer owns HTTP only. The scheduler port is :mod:`extender.server.scheduler_port` (a small
+HTTP/1.1 server of its own, on the hot path of every pod): admission (the in-flight limit and the
+in-flight body bytes, shed with a fast 503), the body deadline, size limit, Content-Type and
+Content-Encoding, abandoned callers, status codes and the request metrics. The admin port
+(probes, metrics, explain) is aiohttp. What a verb means (decode, decide, encode, fail open, the
+decision log) is :class:`extender.verbs.Verbs`; the port reads the body and hands it over. The
+request path performs no network call and never waits for anything but the request body (and,
+for a large body, the worker thread that decides it, so the event loop keeps answering):
 
 * a malformed, oversized or wrongly typed request gets a 4xx whose JSON body names the problem
   (filter-shaped, with the message in ``Error``);
@@ -16,26 +17,24 @@ body, the worker thread that decides it, so the event loop keeps answering):
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from http import HTTPStatus
 from typing import Literal
 
 from aiohttp import web
-from aiohttp.web_protocol import RequestHandler
-from aiohttp.web_request import BaseRequest
-from aiohttp.web_server import Server
+from aiohttp.typedefs import Middleware
 from prometheus_client.aiohttp import make_aiohttp_handler
 
-from extender.errors import ConfigError, PriorityExtenderError
-from extender.server.admin import AdminViews, content_encoding_problem
+from extender.errors import ConfigError
+from extender.server.admin import AdminCluster, AdminViews
+from extender.server.authz import Authorizer
 from extender.server.metrics import WAITING_WINDOW_S, Metrics
+from extender.server.scheduler_port import SchedulerPort
 from extender.server.tls import TLSFiles
 from extender.store import SnapshotStore
-from extender.verbs import Reply, Verbs
+from extender.verbs import Verbs
 from extender.wire import VictimLookup, encode_error
 
 log = logging.getLogger(__name__)
@@ -150,6 +149,15 @@ class ServerSettings:
     and tests never reach a cluster by accident; ``serve`` defaults to ``auto``."""
     kubeconfig: str | None = None
     """An explicit kubeconfig file for ``auto`` (one that does not load stops start-up)."""
+    admin_auth: Literal["none", "kubernetes"] = "none"
+    """Who may use the admin port's explain endpoints (/snapshot, /dry-run, /decisions). none:
+    whoever reaches the port (it binds 127.0.0.1 unless --admin-host says otherwise).
+    kubernetes: a bearer token the Kubernetes API accepts (TokenReview), of a user allowed to
+    get or post that path (SubjectAccessReview), as kube-rbac-proxy checks; needs the Kubernetes
+    API cache. /livez, /readyz and /metrics stay open. The deploy manifests set kubernetes."""
+    admin_cluster: AdminCluster | None = None
+    """What the admin port takes from the cluster source (its API client, the PriorityClasses);
+    set at start-up when the extender has one, not a flag."""
 
     def __post_init__(self) -> None:
         if self.max_body_bytes_in_flight < self.max_request_bytes + small_headroom(self):
@@ -161,16 +169,11 @@ class ServerSettings:
             )
         if not self.body_timeout > 0 or not self.idle_timeout > 0 or not self.body_min_rate > 0:
             raise SettingsError("body_timeout, body_min_rate and idle_timeout must be positive")
-
-
-class BadRequest(PriorityExtenderError):
-    """A request refused before deciding: its HTTP status, message and outcome label."""
-
-    def __init__(self, status: int, message: str, outcome: str = "bad_request") -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
-        self.outcome = outcome
+        if self.admin_auth == "kubernetes" and self.kubernetes == "off":
+            raise SettingsError(
+                "--admin-auth kubernetes checks tokens with the Kubernetes API, and "
+                "--kubernetes is off: use --kubernetes auto (in a pod, or with a kubeconfig)"
+            )
 
 
 class Extender:
@@ -201,11 +204,8 @@ class Extender:
             clock,
             lambda now: self.decisions.waiting(now, WAITING_WINDOW_S),
         )
-        self._inflight = 0
-        self._full_since: float | None = None
-        """``time.monotonic()`` since which every slot has been taken, None while one is free."""
-        self._body_bytes = 0
-        self._offload = asyncio.Semaphore(1)
+        self.port = SchedulerPort(self)
+        """The scheduler port's server and its admission state (in-flight slots and bytes)."""
         self.readiness_checks.append(self._port_not_ready)
 
     @property
@@ -220,169 +220,21 @@ class Extender:
     @property
     def body_bytes_in_flight(self) -> int:
         """Request body bytes held right now (being read or decided)."""
-        return self._body_bytes
+        return self.port.body_bytes
 
     def _port_not_ready(self) -> str | None:
         """A readiness check: the scheduler port cannot answer when every slot has been taken
         for longer than the body deadline (slow decisions, or callers that keep every slot)."""
-        if self._full_since is None:
+        since = self.port.full_since
+        if since is None:
             return None
-        busy = time.monotonic() - self._full_since
+        busy = time.monotonic() - since
         if busy <= self.settings.body_timeout:
             return None
         return (
             f"scheduler port saturated: all {self.settings.max_inflight} request slots busy "
             f"for {busy:.1f} s (longer than the {self.settings.body_timeout} s body deadline)"
         )
-
-    def _budget(self, request: web.Request) -> int:
-        """The in-flight body bytes this request may fill up to: all of them for a small
-        declared body, all but :func:`small_headroom` for a large or chunked one."""
-        length = request.content_length
-        if length is not None and length < self.settings.offload_bytes:
-            return self.settings.max_body_bytes_in_flight
-        return self.settings.max_body_bytes_in_flight - small_headroom(self.settings)
-
-    def _admit_problem(self, request: web.Request) -> BadRequest | None:
-        """What refuses a request from its headers alone, before any slot or byte is spent."""
-        refused = content_encoding_problem(request.headers)
-        if refused is not None:
-            return BadRequest(415, refused)
-        ctype = request.headers.get("Content-Type", JSON).split(";")[0].strip().lower()
-        if ctype not in (JSON, "", "text/json"):
-            return BadRequest(415, f"unsupported Content-Type {ctype!r}: send {JSON}")
-        limit = self.settings.max_request_bytes
-        length = request.content_length
-        if length is not None and length > limit:
-            return BadRequest(413, _too_large(length, limit), "too_large")
-        budget = self._budget(request)
-        if length is not None and self._body_bytes + length > budget:
-            return BadRequest(503, _over_budget(self._body_bytes, length, budget), "overloaded")
-        if self._inflight >= self.settings.max_inflight:
-            # Shed load before reading the body: memory stays bounded by max_inflight bodies.
-            return BadRequest(
-                503,
-                f"overloaded: {self._inflight} requests in flight "
-                f"(limit {self.settings.max_inflight}); retry",
-                "overloaded",
-            )
-        return None
-
-    async def _read(self, request: web.Request, hold: _Held) -> bytes:
-        """The body within the deadline, the size limit and the in-flight byte budget; every
-        byte received is counted in ``hold`` (released by the caller)."""
-        limit = self.settings.max_request_bytes
-        budget = self._budget(request)
-        chunks: list[bytes] = []
-        settings = self.settings
-        start = asyncio.get_running_loop().time()
-        declared = request.content_length or 0
-
-        def deadline(received: int) -> float:
-            return start + settings.body_timeout + max(declared, received) / settings.body_min_rate
-
-        try:
-            async with asyncio.timeout_at(deadline(0)) as window:
-                while chunk := await request.content.readany():
-                    if hold.bytes + len(chunk) > limit:
-                        raise BadRequest(413, _too_large(None, limit), "too_large")
-                    if self._body_bytes + len(chunk) > budget:
-                        raise BadRequest(
-                            503,
-                            _over_budget(self._body_bytes, hold.bytes + len(chunk), budget),
-                            "overloaded",
-                        )
-                    hold.add(self, len(chunk))
-                    chunks.append(chunk)
-                    window.reschedule(deadline(hold.bytes))
-        except TimeoutError:
-            took = asyncio.get_running_loop().time() - start
-            raise BadRequest(
-                408,
-                f"request body not received within {took:.1f} s ({hold.bytes} bytes arrived; "
-                f"the deadline is {settings.body_timeout} s plus the size at "
-                f"{settings.body_min_rate / 2**20:.0f} MiB/s); the connection is closed",
-                "timeout",
-            ) from None
-        except ConnectionResetError:
-            # The caller went away mid-body (its timeout, or a crash): nobody to answer.
-            raise BadRequest(
-                499, "caller disconnected while sending the body", "abandoned"
-            ) from None
-        return chunks[0] if len(chunks) == 1 else b"".join(chunks)
-
-    async def _handle(self, request: web.Request, verb: str) -> web.StreamResponse:
-        refused = self._admit_problem(request)
-        if refused is not None:
-            return self._refuse(verb, refused, request)
-        self._inflight += 1
-        if self._inflight >= self.settings.max_inflight and self._full_since is None:
-            self._full_since = time.monotonic()
-        hold = _Held()
-        try:
-            return await self._handle_admitted(request, verb, hold)
-        finally:
-            self._inflight -= 1
-            if self._inflight < self.settings.max_inflight:
-                self._full_since = None
-            hold.release(self)
-
-    def _refuse(self, verb: str, exc: BadRequest, request: web.Request) -> web.StreamResponse:
-        self.metrics.requests.labels(verb, exc.outcome).inc()
-        if exc.outcome == "abandoned":
-            log.info("%s: %s", verb, exc.message)
-            return web.Response(status=499, body=b"")
-        log.warning("%s: rejected request: %s", verb, exc.message)
-        response = web.Response(
-            status=exc.status,
-            body=encode_error(exc.message),
-            content_type=JSON,
-            headers={"Retry-After": "1"} if exc.status == 503 else None,
-        )
-        if not request.content.at_eof():
-            # A body left unread (stalled, too large, refused): close instead of
-            # draining it, so the connection holds nothing once the answer is out.
-            response.force_close()
-        return response
-
-    async def _handle_admitted(
-        self, request: web.Request, verb: str, hold: _Held
-    ) -> web.StreamResponse:
-        start = time.perf_counter()
-        try:
-            body = await self._read(request, hold)
-        except BadRequest as exc:
-            return self._refuse(verb, exc, request)
-        self.metrics.request_bytes.labels(verb).observe(len(body))
-        transport = request.transport
-        if transport is None or transport.is_closing():
-            # The caller gave up (kube-scheduler's httpTimeout) while the body was read: the
-            # answer would go nowhere, and computing it would delay the next pod.
-            self.metrics.requests.labels(verb, "abandoned").inc()
-            log.info("%s: caller disconnected before the decision; dropped", verb)
-            return web.Response(status=499, body=b"")
-        if len(body) >= self.settings.offload_bytes:
-            # A large body takes long enough to decode and decide that the event loop would
-            # stop answering everyone else: a worker thread, one at a time (the memory budget
-            # counts one decoded body beside the raw ones).
-            async with self._offload:
-                reply: Reply = await asyncio.to_thread(self.verbs.call, verb, body)
-        else:
-            reply = self.verbs.call(verb, body)
-        self.metrics.requests.labels(verb, reply.outcome).inc()
-        if reply.status == 200:
-            self.metrics.latency.labels(verb).observe(time.perf_counter() - start)
-        return web.Response(status=reply.status, body=reply.body, content_type=JSON)
-
-    async def filter(self, request: web.Request) -> web.StreamResponse:
-        return await self._handle(request, "filter")
-
-    async def prioritize(self, request: web.Request) -> web.StreamResponse:
-        return await self._handle(request, "prioritize")
-
-    async def preempt(self, request: web.Request) -> web.StreamResponse:
-        """Drop candidates where the preemptor would still be rejected after the evictions."""
-        return await self._handle(request, "preempt")
 
     # --- admin -----------------------------------------------------------------------------------
 
@@ -422,61 +274,25 @@ class Extender:
             }
         )
 
-    def scheduler_app(self) -> web.Application:
-        app = web.Application(
-            client_max_size=self.settings.max_request_bytes,
-            middlewares=[json_errors],
-            # Bodies are read as sent: a compressed one is refused (415), never inflated.
-            handler_args={
-                "auto_decompress": False,
-                "keepalive_timeout": self.settings.idle_timeout,
-            },
-        )
-        prefix = self.settings.url_prefix.rstrip("/")
-        app.router.add_post(f"{prefix}/filter", self.filter)
-        app.router.add_post(f"{prefix}/prioritize", self.prioritize)
-        app.router.add_post(f"{prefix}/preempt", self.preempt)
-        return app
-
     def admin_app(self) -> web.Application:
-        app = web.Application(middlewares=[json_errors], handler_args={"auto_decompress": False})
+        """Probes, metrics and the explain endpoints; with ``admin_auth: kubernetes`` the latter
+        behind :class:`extender.server.authz.Authorizer` (SettingsError without the cluster)."""
+        cluster = self.settings.admin_cluster
+        middlewares: list[Middleware] = [json_errors]
+        if self.settings.admin_auth == "kubernetes":
+            if cluster is None or cluster.api_client is None:
+                raise SettingsError(
+                    "--admin-auth kubernetes needs the Kubernetes API, and none was found: run "
+                    "in a pod, or give --kubeconfig (or $KUBECONFIG, ~/.kube/config)"
+                )
+            middlewares.append(Authorizer(cluster.api_client).middleware())
+        app = web.Application(middlewares=middlewares, handler_args={"auto_decompress": False})
         app.router.add_get("/livez", self.livez)
         app.router.add_get("/readyz", self.readyz)
         app.router.add_get("/metrics", make_aiohttp_handler(self.metrics.registry))
-        AdminViews(self.store, self.decisions, self.clock).add_routes(app)
+        classes = cluster.priority_classes if cluster is not None else None
+        AdminViews(self.store, self.decisions, self.clock, classes).add_routes(app)
         return app
-
-
-class _Held:
-    """The body bytes one request holds, added to and released from the extender's total."""
-
-    __slots__ = ("bytes",)
-
-    def __init__(self) -> None:
-        self.bytes = 0
-
-    def add(self, ext: Extender, n: int) -> None:
-        self.bytes += n
-        ext._body_bytes += n
-
-    def release(self, ext: Extender) -> None:
-        ext._body_bytes -= self.bytes
-        self.bytes = 0
-
-
-def _over_budget(held: int, more: int, budget: int) -> str:
-    return (
-        f"overloaded: request bodies in flight hold {held} bytes; {more} more would pass the "
-        f"limit of {budget} (max_body_bytes_in_flight); retry"
-    )
-
-
-def _too_large(size: int | None, limit: int) -> str:
-    got = f" ({size} bytes)" if size is not None else ""
-    return (
-        f"request body too large{got}: the limit is {limit} bytes; raise --max-request-bytes, "
-        "or set nodeCacheCapable: true so kube-scheduler sends node names only"
-    )
 
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -504,54 +320,3 @@ async def json_errors(request: web.Request, handler: Handler) -> web.StreamRespo
 def _allow(exc: web.HTTPException) -> dict[str, str]:
     allow = exc.headers.get("Allow")
     return {"Allow": allow} if allow else {}
-
-
-class _JsonErrorHandler(RequestHandler):
-    """aiohttp's connection handler, answering what its HTTP parser refuses (an unknown method,
-    a malformed request line or header) with a JSON body like every other error, instead of
-    plain text, and logging one line instead of a traceback."""
-
-    __slots__ = ()
-
-    def handle_error(
-        self,
-        request: BaseRequest,
-        status: int = 500,
-        exc: BaseException | None = None,
-        message: str | None = None,
-    ) -> web.StreamResponse:
-        if request.writer.output_size > 0:
-            raise ConnectionError("the response is already being sent; cannot send an error")
-        if status >= 500:
-            text = "internal error"
-            log.error("internal error on %s %s", request.method, request.path, exc_info=exc)
-        else:
-            detail = getattr(exc, "message", None) or message or str(exc or "")
-            # The parser's message spans lines (it draws a caret): one line, bounded.
-            text = f"{HTTPStatus(status).phrase}: {' '.join(str(detail).split())[:200]}"
-            log.warning("rejected a malformed HTTP request: %r", text)
-        response = web.Response(status=status, body=encode_error(text), content_type=JSON)
-        response.force_close()
-        return response
-
-
-class _JsonErrorServer(Server):
-    def __call__(self) -> RequestHandler:
-        handler = super().__call__()
-        handler.__class__ = _JsonErrorHandler  # same slots: only handle_error differs
-        return handler
-
-
-class _JsonErrorRunner(web.AppRunner):
-    async def _make_server(self) -> Server:
-        server = await super()._make_server()
-        # aiohttp builds the Server inside the application; only its connection handler
-        # class differs, so the instance is re-classed rather than rebuilt.
-        server.__class__ = _JsonErrorServer
-        return server
-
-
-def scheduler_runner(app: web.Application, **kwargs: object) -> web.AppRunner:
-    """The runner to serve ``app`` with (``web.AppRunner`` kwargs): errors of aiohttp's own
-    HTTP parser (a method ``FOO``, a broken header) answer JSON like every other error."""
-    return _JsonErrorRunner(app, **kwargs)  # type: ignore[arg-type]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import signal
 from collections.abc import AsyncIterator
@@ -16,7 +17,8 @@ from prometheus_client import CollectorRegistry
 from extender.cluster import ClusterSource, start_cluster
 from extender.cluster.settings import DEFAULT_SETTINGS, ClusterSettings
 from extender.policy import LoadedPolicy
-from extender.server.app import Extender, ServerSettings, scheduler_runner
+from extender.server.admin import AdminCluster
+from extender.server.app import Extender, ServerSettings
 from extender.server.metrics import ClusterCollector, Metrics
 from extender.server.reload import PolicyReloader
 from extender.server.tls import CertReloader, server_context
@@ -159,6 +161,7 @@ async def running(
         tasks.append(asyncio.create_task(cert_reloader.run()))
     runners: list[web.AppRunner] = []
     state = Running(extender, runners, tasks)
+    scheduler_listening = False
     try:
         cluster = await start_cluster(
             store, settings.kubernetes, settings.kubeconfig, cluster_settings
@@ -170,19 +173,29 @@ async def running(
             extender.size_providers.append(cluster.sizes)
             extender.victim_lookup = cluster.estimate
             metrics.registry.register(ClusterCollector(cluster.status))
+            # The admin port's authorizer reviews tokens through the cluster's API client;
+            # dry runs and /snapshot read its PriorityClasses when they are watched.
+            extender.settings = dataclasses.replace(
+                extender.settings,
+                admin_cluster=AdminCluster(
+                    cluster.api_client,
+                    cluster.priority_classes if cluster.classes is not None else None,
+                ),
+            )
         # After the cluster (metrics-server shares its API client and waits for its node
         # list), before the ports. The store's policy: a reload may already have replaced it.
         await sources.start(store.policy)
-        for name, app, host, port, ctx in (
-            ("scheduler", extender.scheduler_app(), settings.host, settings.port, ssl_context),
-            ("admin", extender.admin_app(), settings.admin_host, settings.admin_port, None),
-        ):
-            make = scheduler_runner if name == "scheduler" else web.AppRunner
-            runner = make(app, access_log=None, shutdown_timeout=settings.shutdown_timeout)
-            await runner.setup()
-            runners.append(runner)
-            await web.TCPSite(runner, host, port, ssl_context=ctx).start()
-            state.ports[name] = _bound_port(runner)
+        state.ports["scheduler"] = await extender.port.start(
+            settings.host, settings.port, ssl_context
+        )
+        scheduler_listening = True
+        runner = web.AppRunner(
+            extender.admin_app(), access_log=None, shutdown_timeout=settings.shutdown_timeout
+        )
+        await runner.setup()
+        runners.append(runner)
+        await web.TCPSite(runner, settings.admin_host, settings.admin_port).start()
+        state.ports["admin"] = _bound_port(runner)
         extender.ready = True
         log.info(
             "priority-extender ready: scheduler port %d, admin port %d, policy %s",
@@ -198,6 +211,8 @@ async def running(
         if state.cluster is not None:  # last: it closes the API client the sources shared
             await _cancel(state.cluster.tasks)
         # Stops listening, lets in-flight requests finish within shutdown_timeout, then closes.
+        if scheduler_listening:
+            await extender.port.stop(settings.shutdown_timeout)
         for runner in reversed(runners):
             await runner.cleanup()
 

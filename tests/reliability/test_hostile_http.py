@@ -492,24 +492,17 @@ def _raw_status(port: int, data: bytes) -> tuple[bytes, bytes]:
     return head, body
 
 
-async def test_an_unknown_method_gets_a_json_400_from_the_scheduler_runner():
-    from aiohttp import web
-
-    from extender.server.app import scheduler_runner
+async def test_an_unknown_method_gets_a_json_400_from_the_scheduler_port():
     from tests.support import make_extender
 
     ext = await make_extender()
-    runner = scheduler_runner(ext.scheduler_app())
-    await runner.setup()
+    port = await ext.port.start("127.0.0.1", 0)
     try:
-        site = web.TCPSite(runner, "127.0.0.1", 0)
-        await site.start()
-        port = runner.addresses[0][1]
         head, body = await asyncio.to_thread(
             _raw_status, port, b"FOO /filter HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n"
         )
     finally:
-        await runner.cleanup()
+        await ext.port.stop(1.0)
     assert head.split()[1] == b"400", head
     assert b"application/json" in head
     assert "method" in json.loads(body)["Error"].lower()

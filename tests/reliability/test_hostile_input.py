@@ -36,9 +36,9 @@ def quantity(cpu: Any) -> bytes:
 
 
 @pytest.fixture
-async def client(aiohttp_client):
+async def client(scheduler_client):
     ext = await make_extender()
-    return await aiohttp_client(ext.scheduler_app())
+    return await scheduler_client(ext)
 
 
 async def call(client, body: bytes, ctype: str = "application/json", path: str = "/filter"):
@@ -152,9 +152,9 @@ async def test_pod_without_spec(client):
     [("1.5", 1.5), ("1500m", 1.5), ("1Ki", 1024), ("1e3", 1000), ("0.5Gi", 2**29),
      ("100u", 1e-4), ("2k", 2000), (".5", 0.5), ("+1", 1), ("1E-3", 0.001), (2, 2), (0.25, 0.25)],
 )  # fmt: skip
-async def test_every_quantity_spelling(aiohttp_client, cpu, cores):
+async def test_every_quantity_spelling(scheduler_client, cpu, cores):
     ext = await make_extender()
-    client = await aiohttp_client(ext.scheduler_app())
+    client = await scheduler_client(ext)
     status, _ = await call(client, quantity(cpu))
     assert status == 200
     (decision,) = ext.decisions.find(f"{BASE['Pod']['metadata']['namespace']}/pod-000")
