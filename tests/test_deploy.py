@@ -60,6 +60,8 @@ NODE_EXPORTER = {
     "node_memory_MemAvailable_bytes",
     "node_memory_MemTotal_bytes",
 }
+#: Series the kubelets' cAdvisor exports that the per-pod recording rules read.
+CADVISOR = {"container_cpu_usage_seconds_total", "container_memory_working_set_bytes"}
 #: Series Prometheus itself writes for every target.
 PROMETHEUS_SYNTHETIC = {"up"}
 
@@ -298,7 +300,7 @@ async def test_scheduler_configuration_matches_the_extender(overlay):
     prefix = setting(ext, "url_prefix")
     assert url.path.rstrip("/") == prefix.rstrip("/")
     extender = await make_extender(url_prefix=prefix)
-    routes = {(r.method, r.resource.canonical) for r in extender.scheduler_app().router.routes()}
+    routes = {("POST", path.decode()) for path in extender.port.routes}
     for key in ("filterVerb", "prioritizeVerb", "preemptVerb"):
         assert ("POST", f"{url.path.rstrip('/')}/{entry[key]}") in routes, key
     assert "bindVerb" not in entry  # the extender does not bind
@@ -450,23 +452,44 @@ def bindings_of(objs: tuple[dict[str, Any], ...], account: str) -> set[tuple[str
     return out
 
 
+#: The admin port's explain endpoints, for whoever is bound to it (nothing in deploy/ is).
+ADMIN_READER_RULES = [
+    {"nonResourceURLs": ["/snapshot", "/decisions"], "verbs": ["get"]},
+    {"nonResourceURLs": ["/dry-run"], "verbs": ["post"]},
+]
+
+
 @pytest.mark.parametrize("overlay", INSTALLS)
 def test_extender_rbac_is_read_only(overlay):
+    """Reads, plus system:auth-delegator (create TokenReviews and SubjectAccessReviews) for
+    --admin-auth kubernetes, which the Deployment sets."""
     objs = render(overlay)
     role = find(objs, "ClusterRole", APP)
     assert role["rules"] == EXTENDER_RULES
-    assert [o for o in objs if o["kind"] == "ClusterRole"] == [role]  # no other grants defined
+    reader = find(objs, "ClusterRole", f"{APP}-admin-reader")
+    assert reader["rules"] == ADMIN_READER_RULES
+    assert [o for o in objs if o["kind"] == "ClusterRole"] == [role, reader]
+    assert not [
+        o for o in objs
+        if o["kind"].endswith("Binding") and o["roleRef"]["name"] == reader["metadata"]["name"]
+    ]  # fmt: skip
+    (extender,) = [c for c in [*pod_spec(objs).get("initContainers", []),
+                               *pod_spec(objs)["containers"]] if c["name"] == "extender"]  # fmt: skip
+    env = {e["name"]: e.get("value") for e in extender["env"]}
+    assert env["PRIORITY_EXTENDER_ADMIN_AUTH"] == "kubernetes"
     account = pod_spec(objs)["serviceAccountName"]
     assert account == APP
     bound = bindings_of(objs, account)
+    delegator = ("ClusterRole", "system:auth-delegator")
     if overlay == "main-scheduler":
-        assert bound == {("ClusterRole", APP)}
+        assert bound == {("ClusterRole", APP), delegator}
         assert not [o for o in objs if o["kind"] == "Role"]
     else:
         # kube-scheduler shares the pod's ServiceAccount: its built-in roles, its lease, and the
         # client-CA ConfigMap for its secure port.
         assert bound == {
             ("ClusterRole", APP),
+            delegator,
             ("ClusterRole", "system:kube-scheduler"),
             ("ClusterRole", "system:volume-scheduler"),
             ("Role", "priority-scheduler-leader-election"),
@@ -618,7 +641,9 @@ def test_alerts_have_runbooks():
 async def test_every_metric_used_exists():
     groups = prometheus_rule()["spec"]["groups"]
     recorded = {r["record"] for g in groups for r in g["rules"] if "record" in r}
-    known = await exported_metric_names() | NODE_EXPORTER | PROMETHEUS_SYNTHETIC | recorded
+    known = (
+        await exported_metric_names() | NODE_EXPORTER | CADVISOR | PROMETHEUS_SYNTHETIC | recorded
+    )
     used: dict[str, set[str]] = {}
     for g in groups:
         for r in g["rules"]:

@@ -655,7 +655,7 @@ def test_recording_rules_pass_promtool():
         check=False,
     )
     assert done.returncode == 0, done.stdout + done.stderr
-    assert "SUCCESS: 2 rules found" in done.stdout
+    assert "SUCCESS: 4 rules found" in done.stdout  # 2 node rules, 2 per-pod rules
 
 
 async def test_real_prometheus_snapshot_value_by_value(prometheus):
