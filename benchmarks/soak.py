@@ -1,12 +1,15 @@
 """Soak: a steady request rate for a long, bounded time; is memory flat and p99 stable?
 
     .venv/bin/python -m benchmarks.soak --minutes 30 --rate 200 --names 5000
+    .venv/bin/python -m benchmarks.soak --minutes 30 --out benchmarks/SOAK.md   # the committed one
 
 The extender runs as its own process on a static 5,000-node cluster; the client paces filter
 and prioritize calls (alternating, one at a time on a keep-alive connection, as kube-scheduler
 does) at ``--rate`` per second and reports, per window, the calls made, p50/p99 latency and the
 extender's resident memory. The verdict compares memory at the end with memory after warm-up.
-Outside CI: it runs for as long as it is told (and never longer than ``--minutes``).
+Outside CI: it runs for as long as it is told (and never longer than ``--minutes``). With
+``--out`` the report is also written there (``benchmarks/SOAK.md`` is the committed one, which the
+README's soak row quotes).
 """
 
 from __future__ import annotations
@@ -22,10 +25,12 @@ from pathlib import Path
 import aiohttp
 
 from benchmarks.objects import names_body, node_name, write_static_cluster
-from benchmarks.run import extender, pct, post, rss_mb
+from benchmarks.run import extender, machine, pct, post, rss_mb
 
 
-async def soak(minutes: float, rate: float, names: int, window_s: float, warmup_s: float) -> int:
+async def soak(
+    minutes: float, rate: float, names: int, window_s: float, warmup_s: float, out: Path | None
+) -> int:
     tmp = Path(tempfile.mkdtemp(prefix="soak-"))
     cluster = max(names, 5000)
     policy = write_static_cluster(tmp, cluster)
@@ -59,21 +64,34 @@ async def soak(minutes: float, rate: float, names: int, window_s: float, warmup_
                 )
                 window_start, lat = now, []
     after_warmup = next((r for r in rows if r[0] >= warmup_s), rows[0] if rows else None)
-    print(
-        f"\nSoak: {minutes:g} min at {rate:g} calls/s, {names:,} names, "
-        f"{sum(r[1] for r in rows):,} calls\n"
-    )
-    print("| t (s) | calls | p50 ms | p99 ms | RSS MB |")
-    print("|---:|---:|---:|---:|---:|")
-    for t, n, p50, p99, rss in rows:
-        print(f"| {t:.0f} | {n:,} | {p50:.3f} | {p99:.3f} | {rss:.1f} |")
+    lines = [
+        "# Soak result",
+        "",
+        f"Machine: {machine()}. Run {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} "
+        f"(`python -m benchmarks.soak --minutes {minutes:g} --rate {rate:g} --names {names}`).",
+        "",
+        f"Soak: {minutes:g} min at {rate:g} calls/s, {names:,} names, "
+        f"{sum(r[1] for r in rows):,} calls",
+        "",
+        "| t (s) | calls | p50 ms | p99 ms | RSS MB |",
+        "|---:|---:|---:|---:|---:|",
+    ]
+    lines += [
+        f"| {t:.0f} | {n:,} | {p50:.3f} | {p99:.3f} | {rss:.1f} |" for t, n, p50, p99, rss in rows
+    ]
     if after_warmup is not None and rows:
         growth = (rows[-1][4] - after_warmup[4]) / after_warmup[4] * 100
         p99s = [r[3] for r in rows if r[0] >= warmup_s] or [rows[-1][3]]
-        print(
-            f"\nRSS after warm-up {after_warmup[4]:.1f} MB, at the end {rows[-1][4]:.1f} MB "
-            f"({growth:+.1f}%); p99 per window {min(p99s):.3f}..{max(p99s):.3f} ms"
-        )
+        lines += [
+            "",
+            f"RSS after warm-up {after_warmup[4]:.1f} MB, at the end {rows[-1][4]:.1f} MB "
+            f"({growth:+.1f}%); p99 per window {min(p99s):.3f}..{max(p99s):.3f} ms",
+        ]
+    text = "\n".join(lines) + "\n"
+    print("\n" + text)
+    if out is not None:
+        out.write_text(text)
+        print(f"written to {out}", file=sys.stderr)
     return 0
 
 
@@ -84,8 +102,9 @@ def main() -> int:
     p.add_argument("--names", type=int, default=5000)
     p.add_argument("--window", type=float, default=60.0, help="seconds per reported window")
     p.add_argument("--warmup", type=float, default=120.0, help="seconds before the baseline")
+    p.add_argument("--out", type=Path, default=None, help="also write the report here")
     ns = p.parse_args()
-    return asyncio.run(soak(ns.minutes, ns.rate, ns.names, ns.window, ns.warmup))
+    return asyncio.run(soak(ns.minutes, ns.rate, ns.names, ns.window, ns.warmup, ns.out))
 
 
 if __name__ == "__main__":
