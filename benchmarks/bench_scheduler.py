@@ -17,11 +17,14 @@ overrides them) and measures two things:
 kubeconfig), ``leaderElect: false``, the extender's ``urlPrefix`` (or no extender: stock), and the
 client rate limit (``scheduler_bed.CLIENT_QPS`` says why). The backlog: kube-scheduler is stopped
 with SIGSTOP, the pods are created, and the clock starts at SIGCONT and stops when a watch has
-seen the last pod bound. Stock and extender runs are interleaved in pairs (the order alternates
-between pairs), each with a freshly started kube-scheduler, the same extender process running
-throughout (so its background work, watching the pods and refreshing metrics, costs the same in
-both arms: its CPU during the stock runs is that background). Reported per run and as medians:
-pods/s, the ratio extender/stock (issue 15's target: median >= 0.85), kube-scheduler's own
+seen the last pod bound. Stock, floor and extender runs are interleaved in rounds (the order
+reversed every other round; ``--pairs`` sets how many), each with a freshly started
+kube-scheduler, the same extender process running throughout (so its background work, watching
+the pods and refreshing metrics, costs the same in every arm: its CPU during the stock runs is
+that background). The floor arm calls ``benchmarks/floor_extender.py`` instead: the same HTTP
+server, no deciding, so floor/stock is the most any extender could get here. Reported per run and
+as medians: pods/s, the ratios floor/stock and extender/stock (issue 15's target: median >=
+0.85), kube-scheduler's own
 ``scheduler_scheduling_attempt_duration_seconds`` p50/p99 (its histogram, delta over the run;
 an attempt includes its binding call) and ``scheduler_scheduling_algorithm_duration_seconds``
 p50/p99 (filter and score, extender calls included), the extender's CPU per scheduled pod
@@ -49,6 +52,7 @@ import os
 import platform
 import signal
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -191,7 +195,8 @@ def loadavg() -> str:
 class Run:
     pair: int
     arm: str
-    """``stock`` or ``extender``."""
+    """``stock``, ``floor`` (benchmarks/floor_extender.py in the extender's place) or
+    ``extender``."""
     pods: int
     bound: int
     seconds: float
@@ -241,11 +246,21 @@ def delete_pods(session: Session, namespace: str) -> None:
 
 
 def throughput_run(
-    session: Session, sc: Scenario, pair: int, arm: str, pods: int, qps: int = CLIENT_QPS
+    session: Session,
+    sc: Scenario,
+    pair: int,
+    arm: str,
+    pods: int,
+    qps: int = CLIENT_QPS,
+    floor: FloorExtender | None = None,
 ) -> Run:
+    """One drain. The CPU column is the extender's process, or the floor's in the floor arm."""
     cp, ext = session.cp, session.ext
     assert ext.proc is not None
-    url = ext.url_prefix if arm == "extender" else None
+    url = {"extender": ext.url_prefix, "floor": floor.url if floor else None}.get(arm)
+    if arm == "floor" and url is None:
+        raise ValueError("the floor arm needs a running floor extender")
+    cpu_pid = floor.proc.pid if arm == "floor" and floor is not None else ext.proc.pid
     cfg = shipped_scheduler_config(cp.kubeconfig, url, qps=qps, burst=2 * qps)
     sched = cp.start_scheduler(cfg)
     before = cp.scheduler_metrics()
@@ -262,7 +277,7 @@ def throughput_run(
             create_pods(session, sc.namespace, manifests)
             wait_quiet(ext.proc.pid)
             load1 = os.getloadavg()[0]
-            cpu0 = cpu_seconds(ext.proc.pid)
+            cpu0 = cpu_seconds(cpu_pid)
             t0 = time.time()
             sched.signal(signal.SIGCONT)
             wait_for(
@@ -271,7 +286,7 @@ def throughput_run(
                 lambda: f"{watch.count(names)} bound; {sc.describe(names[:5])}",
                 DRAIN_S,
             )
-            cpu1 = cpu_seconds(ext.proc.pid)
+            cpu1 = cpu_seconds(cpu_pid)
         finally:
             sched.signal(signal.SIGCONT)  # never leave it stopped, whatever failed
         t1 = max(stamp for _node, stamp in (watch.bound[n] for n in names))
@@ -312,11 +327,43 @@ class Throughput:
     names_per_call: int
 
 
+class FloorExtender:
+    """``benchmarks/floor_extender.py`` as a process on a free loopback port."""
+
+    def __init__(self) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, str(Path(__file__).with_name("floor_extender.py")), "0"],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        assert self.proc.stdout is not None
+        line = self.proc.stdout.readline()
+        if not line.startswith("floor extender listening on "):
+            self.close()
+            raise RuntimeError(f"the floor extender did not start: {line!r}")
+        self.url = f"http://127.0.0.1:{int(line.split()[-1])}"
+
+    def close(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        if self.proc.stdout is not None:
+            self.proc.stdout.close()
+
+
+ARMS = ("stock", "floor", "extender")
+
+
 def throughput(session: Session, plan: Plan, log: Callable[[str], None] = print) -> Throughput:
-    """``plan.pairs`` interleaved stock/extender drains of ``plan.pods`` on ``plan.nodes``."""
+    """``plan.pairs`` interleaved rounds of stock, floor and extender drains of ``plan.pods`` on
+    ``plan.nodes`` (the order reversed every other round)."""
     session.ext.ensure(session.policy())
     sc = Scenario(session, "bench-throughput")
     runs: list[Run] = []
+    floor = FloorExtender()
     try:
         # A tenth of the nodes above the standard tier's ceiling (0.75), the rest spread over
         # 0.10-0.60: the extender rejects some and scores the rest, as on a real cluster.
@@ -331,9 +378,11 @@ def throughput(session: Session, plan: Plan, log: Callable[[str], None] = print)
         log(f"throughput: {plan.nodes} nodes seen by the extender")
         with kubelet_paused(session):
             for pair in range(1, plan.pairs + 1):
-                order = ("stock", "extender") if pair % 2 else ("extender", "stock")
+                order = ARMS if pair % 2 else ARMS[::-1]
                 for arm in order:
-                    run = throughput_run(session, sc, pair, arm, plan.pods, plan.client_qps)
+                    run = throughput_run(
+                        session, sc, pair, arm, plan.pods, plan.client_qps, floor=floor
+                    )
                     log(
                         f"  pair {pair} {arm}: {run.rate:.0f} pods/s, "
                         f"p50 {run.p50_ms:.1f} ms, cpu {run.cpu_ms_per_pod:.2f} ms/pod"
@@ -342,6 +391,7 @@ def throughput(session: Session, plan: Plan, log: Callable[[str], None] = print)
         assert session.ext.proc is not None
         rss = rss_bytes(session.ext.proc.pid)
     finally:
+        floor.close()
         session.cp.stop_scheduler()
         sc.cleanup()
     # percentageOfNodesToScore's adaptive default: 50 - nodes/125 percent, at least 100 nodes.
@@ -532,26 +582,39 @@ def throughput_tables(t: Throughput) -> str:
             f"| {r.cpu_ms_per_pod:.3f} | {r.load1:.2f} |"
         )
     stock = [r for r in t.runs if r.arm == "stock"]
+    floor = [r for r in t.runs if r.arm == "floor"]
     ext = [r for r in t.runs if r.arm == "extender"]
-    ratios = [e.rate / s.rate for s in stock for e in ext if e.pair == s.pair and s.rate > 0]
-    ms, me = _median([r.rate for r in stock]), _median([r.rate for r in ext])
+
+    def ratios(arm: list[Run]) -> list[float]:
+        return [a.rate / s.rate for s in stock for a in arm if a.pair == s.pair and s.rate > 0]
+
+    def med(arm: list[Run], key: Callable[[Run], float]) -> str:
+        return f"{_median([key(r) for r in arm]):.2f}" if arm else "-"
+
+    ms, mf, me = (_median([r.rate for r in arm]) for arm in (stock, floor, ext))
+    floor_ratio = f"{mf / ms:.2f}" if floor and ms else "-"
     lines += [
         "",
-        "| median over the pairs | stock | with extender | extender / stock |",
-        "|---|---:|---:|---:|",
-        f"| pods/s | {ms:.0f} | {me:.0f} | **{me / ms:.2f}** (target >= 0.85) |",
-        f"| per-pair ratios | | | {', '.join(f'{x:.2f}' for x in ratios)} |",
-        f"| attempt p50 ms | {_median([r.p50_ms for r in stock]):.2f} "
-        f"| {_median([r.p50_ms for r in ext]):.2f} | |",
-        f"| attempt p99 ms | {_median([r.p99_ms for r in stock]):.2f} "
-        f"| {_median([r.p99_ms for r in ext]):.2f} | |",
-        f"| algorithm p50 ms | {_median([r.algo_p50_ms for r in stock]):.2f} "
-        f"| {_median([r.algo_p50_ms for r in ext]):.2f} | |",
-        f"| algorithm p99 ms | {_median([r.algo_p99_ms for r in stock]):.2f} "
-        f"| {_median([r.algo_p99_ms for r in ext]):.2f} | |",
-        f"| extender CPU ms/pod | {_median([r.cpu_ms_per_pod for r in stock]):.3f} (background)"
-        f" | {_median([r.cpu_ms_per_pod for r in ext]):.3f} | |",
-        f"| extender RSS at the end | | {t.rss / 2**20:.0f} MB | |",
+        "| median over the rounds | stock | floor | with extender | floor / stock "
+        "| extender / stock |",
+        "|---|---:|---:|---:|---:|---:|",
+        f"| pods/s | {ms:.0f} | {mf:.0f} | {me:.0f} | {floor_ratio} "
+        f"| **{me / ms:.2f}** (target >= 0.85) |",
+        f"| per-round ratios | | | | {', '.join(f'{x:.2f}' for x in ratios(floor))} "
+        f"| {', '.join(f'{x:.2f}' for x in ratios(ext))} |",
+        f"| attempt p50 ms | {med(stock, lambda r: r.p50_ms)} | {med(floor, lambda r: r.p50_ms)}"
+        f" | {med(ext, lambda r: r.p50_ms)} | | |",
+        f"| attempt p99 ms | {med(stock, lambda r: r.p99_ms)} | {med(floor, lambda r: r.p99_ms)}"
+        f" | {med(ext, lambda r: r.p99_ms)} | | |",
+        f"| algorithm p50 ms | {med(stock, lambda r: r.algo_p50_ms)} "
+        f"| {med(floor, lambda r: r.algo_p50_ms)} | {med(ext, lambda r: r.algo_p50_ms)} | | |",
+        f"| algorithm p99 ms | {med(stock, lambda r: r.algo_p99_ms)} "
+        f"| {med(floor, lambda r: r.algo_p99_ms)} | {med(ext, lambda r: r.algo_p99_ms)} | | |",
+        f"| CPU ms/pod (extender; floor's own in the floor arm) "
+        f"| {_median([r.cpu_ms_per_pod for r in stock]):.3f} (background) "
+        f"| {_median([r.cpu_ms_per_pod for r in floor]):.3f} "
+        f"| {_median([r.cpu_ms_per_pod for r in ext]):.3f} | | |",
+        f"| extender RSS at the end | | | {t.rss / 2**20:.0f} MB | | |",
     ]
     return "\n".join(lines)
 
@@ -609,7 +672,7 @@ def report(
         f"(`{command}`). "
         f"Load average before: {machine['load_before']}; after: {machine['load_after']}. "
         "The machine is shared with other agents running tests at the same time: absolute "
-        "figures move with their load; the pairs are interleaved (order alternating) so that "
+        "figures move with their load; the rounds are interleaved (order alternating) so that "
         "the ratios compare like with like.",
     ]
     if t is not None:
@@ -640,7 +703,11 @@ def report(
             "duration_seconds`, the filter and score part of the cycle (extender calls included),"
             " where the extender's cost shows. Extender CPU: "
             "utime+stime of its process over the run / pods; in the stock runs it is called by "
-            "no one, so that column is its background (watching the pods, metrics refresh).",
+            "no one, so that column is its background (watching the pods, metrics refresh). "
+            "The floor arm puts `benchmarks/floor_extender.py` in the extender's place: the same "
+            "HTTP/1.1 server as the extender's scheduler port, keeping every node with score 0 "
+            "and deciding nothing, so floor / stock is what two extender calls a pod cost "
+            "kube-scheduler on this machine before any deciding (its CPU column is its own).",
             "",
             throughput_tables(t),
         ]
@@ -727,7 +794,7 @@ def _session(keep: Path | None) -> Iterator[Session]:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="1 pair, 20 pods, 10 nodes")
-    parser.add_argument("--pairs", type=int, help="interleaved stock/extender pairs")
+    parser.add_argument("--pairs", type=int, help="interleaved rounds of stock, floor and extender")
     parser.add_argument("--pods", type=int, help="pods in the backlog")
     parser.add_argument("--nodes", type=int, help="nodes for the throughput runs")
     parser.add_argument(

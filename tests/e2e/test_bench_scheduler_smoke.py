@@ -33,29 +33,41 @@ def test_quick_benchmark_binds_every_pod_and_prints_its_tables(
     assert throughput is not None
     assert places is not None
 
-    # Throughput: one interleaved pair, every pod of the backlog bound in each run.
-    assert [(r.pair, r.arm) for r in throughput.runs] == [(1, "stock"), (1, "extender")]
+    # Throughput: one round of the three arms, every pod of the backlog bound in each run.
+    assert [(r.pair, r.arm) for r in throughput.runs] == [
+        (1, "stock"),
+        (1, "floor"),
+        (1, "extender"),
+    ]
     assert all(r.bound == r.pods == plan.pods for r in throughput.runs), throughput.runs
     assert all(r.attempts >= plan.pods for r in throughput.runs), throughput.runs
     assert throughput.rss > 0
 
     runs = _table(text, "| pair | arm |")
     assert runs[0][:6] == ["pair", "arm", "pods", "bound", "drain s", "pods/s"]
-    assert [row[1] for row in runs[1:]] == ["stock", "extender"]
+    assert [row[1] for row in runs[1:]] == ["stock", "floor", "extender"]
     assert all(row[2] == row[3] == str(plan.pods) for row in runs[1:]), runs
-    medians = _table(text, "| median over the pairs |")
-    assert medians[0] == ["median over the pairs", "stock", "with extender", "extender / stock"]
+    medians = _table(text, "| median over the rounds |")
+    assert medians[0] == [
+        "median over the rounds",
+        "stock",
+        "floor",
+        "with extender",
+        "floor / stock",
+        "extender / stock",
+    ]
     assert [row[0] for row in medians[1:]] == [
         "pods/s",
-        "per-pair ratios",
+        "per-round ratios",
         "attempt p50 ms",
         "attempt p99 ms",
         "algorithm p50 ms",
         "algorithm p99 ms",
-        "extender CPU ms/pod",
+        "CPU ms/pod (extender; floor's own in the floor arm)",
         "extender RSS at the end",
     ]
-    assert re.fullmatch(r"\*\*\d+\.\d\d\*\* \(target >= 0\.85\)", medians[1][3]), medians[1]
+    assert re.fullmatch(r"\d+\.\d\d", medians[1][4]), medians[1]
+    assert re.fullmatch(r"\*\*\d+\.\d\d\*\* \(target >= 0\.85\)", medians[1][5]), medians[1]
 
     # Placement: both arms, every tier, counts that add up.
     rows = _table(text, "| arm | tier |")
