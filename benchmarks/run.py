@@ -487,9 +487,9 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-#: Sections of the report file that other benchmarks write (bench_scheduler.py), kept when this
-#: suite rewrites the rest.
-KEPT_SECTIONS = ("scheduler-benchmark",)
+#: Sections of the report file that other benchmarks write (bench_scheduler.py,
+#: bench_pod_usage.py), kept when this suite rewrites the rest.
+KEPT_SECTIONS = ("scheduler-benchmark", "pod-usage-benchmark")
 
 
 def kept_sections(path: Path) -> str:

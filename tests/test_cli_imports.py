@@ -114,11 +114,6 @@ def test_the_core_package_loads_its_names_when_first_used():
     assert res.stdout.strip() == "module 'extender.core' has no attribute 'nope'"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="extender/core/rules.py imports numpy at module level (its compiled tier arrays): "
-    "policy loading pulls numpy in until rules.py imports it where the arrays are built",
-)
 def test_policy_check_does_not_load_numpy():
     result = _run("policy", "check", "config/policy.yaml")
     assert result["code"] in (0, None), result["out"]

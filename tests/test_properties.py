@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import math
 
 import numpy as np
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -21,6 +23,7 @@ from extender.core import (
     build_snapshot,
     evaluate,
 )
+from extender.core.model import unseen_usage, unseen_usage_by_node
 from extender.wire import FilterArgs, encode_filter, encode_priorities
 from extender.wire.names import NameTable, names_filter_reply, names_priorities_reply
 from tests.builders import NOW, rules, tier
@@ -177,3 +180,94 @@ def test_replies_from_prebuilt_fragments_are_the_bytes_msgspec_writes(scenario):
     assert names_priorities_reply(ev.columns, candidates, ev.scores, table) == encode_priorities(
         candidates, ev.scores.tolist()
     )
+
+
+# --- the snapshot's just-placed projection, all nodes at once -------------------------------------
+
+
+@st.composite
+def placed_pods(draw: st.DrawFn) -> tuple[list[tuple[int, float, float, float]], list[float]]:
+    """Pods on up to 4 nodes (column, estimate, bind time, baseline or NaN), and per node its
+    sample's time, value and allocatable (NaN allowed where the rule allows it)."""
+    nodes = draw(st.integers(min_value=1, max_value=4))
+    pods = draw(
+        st.lists(
+            st.tuples(
+                st.integers(min_value=0, max_value=nodes - 1),
+                st.floats(min_value=0, max_value=4),
+                st.sampled_from([900.0, 930.0, 960.0, 990.0, 1000.0]),  # ties on purpose
+                st.one_of(st.just(math.nan), st.floats(min_value=0, max_value=1)),
+            ),
+            max_size=12,
+        )
+    )
+    per_node = draw(
+        st.lists(
+            st.tuples(
+                st.one_of(st.just(math.nan), st.floats(min_value=850, max_value=1200)),
+                st.one_of(st.just(math.nan), st.floats(min_value=0, max_value=1.5)),
+                st.one_of(st.just(math.nan), st.just(0.0), st.floats(min_value=0.5, max_value=64)),
+            ),
+            min_size=nodes,
+            max_size=nodes,
+        )
+    )
+    return pods, per_node  # type: ignore[return-value]
+
+
+@given(placed_pods(), st.sampled_from([(30.0, 150.0), (0.0, 60.0), (60.0, 60.0)]))
+@settings(max_examples=300, deadline=None)
+def test_the_projection_of_every_node_at_once_is_the_per_node_rule(case, timing):
+    """``unseen_usage_by_node`` (what a snapshot build runs) equals ``unseen_usage`` (the rule,
+    one node at a time, pods in bind order) on every node."""
+    pods, per_node = case
+    lag, window = timing
+    width = len(per_node) + 1
+    times = np.array([t for t, _, _ in per_node] + [math.nan])
+    sample = np.array([v for _, v, _ in per_node] + [math.nan])
+    alloc = np.array([a for _, _, a in per_node] + [math.nan])
+    got = unseen_usage_by_node(
+        np.array([c for c, *_ in pods], dtype=np.intp),
+        np.array([e for _, e, _, _ in pods], dtype=np.float64),
+        np.array([t for _, _, t, _ in pods], dtype=np.float64),
+        np.array([b for *_, b in pods], dtype=np.float64),
+        times,
+        sample,
+        alloc,
+        lag,
+        window,
+        width,
+    )
+    for col in range(len(per_node)):
+        mine = sorted((p for p in pods if p[0] == col), key=lambda p: p[2])
+        want = unseen_usage(
+            [e for _, e, _, _ in mine],
+            [t for _, _, t, _ in mine],
+            [b for *_, b in mine],
+            float(times[col]),
+            float(sample[col]),
+            float(alloc[col]),
+            lag,
+            window,
+        )
+        assert got[col] == pytest.approx(want, rel=1e-9, abs=1e-9), (col, mine)
+    assert got[-1] == 0.0
+
+
+def test_a_snapshot_built_on_its_predecessor_equals_one_built_afresh():
+    """``reuse`` keeps the sample rows of the same samples mapping and the columns of the same
+    node objects, and recomputes everything else: the result equals a fresh build."""
+    nodes = [NodeInfo(f"n{i}", 4.0, 8e9, 1.0, 2e9) for i in range(6)]
+    samples = {n.name: {"cpu": Sample(0.1 * i, NOW - 5)} for i, n in enumerate(nodes)}
+    kw = {"signals": ("cpu", "memory"), "source_ok_at": NOW, "window_s": 150.0, "now": NOW}
+    first = build_snapshot(nodes, samples, [], **kw)
+    # A pod bound on n2 (its node object is new: its requests changed), the samples the same.
+    later = [*nodes[:2], NodeInfo("n2", 4.0, 8e9, 1.5, 3e9), *nodes[3:]]
+    placed = [PlacedPod("n2", 0.5, 1e9, NOW - 1, uid="p")]
+    for samples_now in (samples, {**samples, "n5": {"cpu": Sample(0.9, NOW - 1)}}):
+        reused = build_snapshot(later, samples_now, placed, reuse=first, **kw)
+        fresh = build_snapshot(later, samples_now, placed, **kw)
+        np.testing.assert_array_equal(reused.table, fresh.table)
+        assert reused.names == fresh.names
+    assert reused.values[0, 5] == pytest.approx(0.9)  # new samples: not the old rows
+    assert build_snapshot(later, samples, placed, reuse=first, **kw).values is first.values

@@ -8,18 +8,43 @@ nodes + recent pods), never O(pods):
   and bytes so that 150,000 additions and removals add up exactly;
 * a :class:`NodeInfo` is rebuilt only for the nodes touched since the last publication;
 * pods bound within the horizon (the estimation window, or ``maxAge`` if longer: a pod bound after
-  a node's latest *fresh* sample is bound within ``maxAge``) are kept in a separate small map.
+  a node's latest *fresh* sample is bound within ``maxAge``) are kept in a separate small map;
+* pods deleted (or turned terminal) within the same horizon are kept as
+  :class:`~extender.core.podusage.Departure` s in another: their node's sample may still show
+  their usage (the mirror of a just-placed pod);
+* for the per-pod sources, each bound pod has a **slot** in :class:`~extender.core.podusage.
+  PodColumns` (uid, node, owner, priority, requests by slot) and an index namespace -> name ->
+  slot: matching a refresh's 150,000 samples is one dictionary lookup each, and building the
+  snapshot's per-pod table is array indexing, not one object per pod.
 
-Everything here runs on the event loop thread; nothing awaits.
+Everything here runs on the event loop thread and nothing awaits -- except the two per-pod
+readers, :meth:`ClusterCache.match_pods` and :meth:`ClusterCache.pod_usage`, which the per-pod
+sources call from a worker thread (a 150,000-pod refresh must not hold the loop) while the loop
+goes on changing the cache. They read no lock-protected copy; they are safe by construction:
+
+* the index maps a name to its slot **and** that slot's generation packed in one int
+  (:data:`SLOT_BITS`), so one ``dict.get`` (atomic under the GIL) answers both: a match can never
+  pair one pod's slot with the generation of the pod that reused it;
+* a freed slot's generation is incremented *before* anything else of the slot changes, and the
+  table build reads each row's generation again after taking its fields (a seqlock): a row whose
+  pod left meanwhile is dropped, never made of two pods' fields;
+* the lists and arrays are only ever replaced whole (a grow) or written one element at a time,
+  so a reader sees each element either before or after a write, never torn.
+
+Each answer is then what a match or a build on the loop would have given at some instant during
+the call, which is all a refresh ever had (the cache moves between refreshes anyway).
 """
 
 from __future__ import annotations
 
+import hashlib
+import threading
 import time
-from collections.abc import Callable, KeysView
+from collections.abc import Callable, KeysView, Sequence
 from typing import Protocol, TypeVar
 
 import msgspec
+import numpy as np
 
 from extender.cluster.decode import (
     NodeRecord,
@@ -30,8 +55,32 @@ from extender.cluster.decode import (
     decode_priority_class,
 )
 from extender.core import Estimation, NodeInfo, PlacedPod
+from extender.core.podusage import (
+    Departure,
+    IntArray,
+    PodColumns,
+    PodRefs,
+    PodRows,
+    PodSamples,
+    PodUsage,
+    build_pod_table,
+)
 
 R = TypeVar("R")
+
+INITIAL_SLOTS = 1024
+"""Slots allocated at first; the columns double when full (a cluster of 150,000 pods grows
+them eight times during its first list, each a copy of a few megabytes)."""
+_NO_NAMES: dict[str, int] = {}
+"""The names of a namespace the cache has no pod in (shared, never written)."""
+SLOT_BITS = 32
+"""An index entry is ``slot | generation << SLOT_BITS``: 4 billion slots is far beyond any
+cluster (150,000 pods is the scale target), and Python ints hold any generation above it."""
+SLOT_MASK = (1 << SLOT_BITS) - 1
+MEMO_ENTRIES = 4
+"""Answers whose matches :meth:`ClusterCache.match_pods` remembers: Prometheus' two per-pod
+vectors, metrics-server's one list (both resources), and one spare for a reload during which an
+old and a new source overlap."""
 
 
 class ClusterCache:
@@ -67,6 +116,29 @@ class ClusterCache:
         self._by_address: dict[str, str] = {}
         self.addresses_version = 0
         """Incremented whenever the address map changes (see :meth:`addresses`)."""
+        self._departed: dict[str, Departure] = {}
+        self.columns = PodColumns(
+            uids=[""] * INITIAL_SLOTS,
+            nodes=[""] * INITIAL_SLOTS,
+            owners=[""] * INITIAL_SLOTS,
+            priority=np.zeros(INITIAL_SLOTS, dtype=np.int64),
+            requests=np.zeros((2, INITIAL_SLOTS)),
+            generation=np.zeros(INITIAL_SLOTS, dtype=np.int64),
+        )
+        """Bound pods by slot, for the per-pod sources (see the module docstring)."""
+        self._slot_of: dict[str, int] = {}
+        self._free: list[int] = list(range(INITIAL_SLOTS - 1, -1, -1))
+        self._index: dict[str, dict[str, int]] = {}
+        """Namespace to pod name to ``slot | generation << SLOT_BITS``."""
+        self._repoints = 0
+        """Incremented when a name moves to another live slot (a relist saw a re-created pod
+        before the deletion of the old one): remembered matches are then all redone."""
+        self._memo: list[_Match] = []
+        """The last answers' matches, newest first (see :meth:`match_pods`)."""
+        self._last_rows: PodRows | None = None
+        """The last table build's rows, for the next build to reuse."""
+        self._reader_lock = threading.Lock()
+        """Guards :attr:`_memo` and :attr:`_last_rows` (readers may run in two threads)."""
 
     # --- nodes ----------------------------------------------------------------------------------
 
@@ -116,17 +188,170 @@ class ClusterCache:
             if old is None:
                 return
             del self.pods[uid]
-            if self._recent.pop(uid, None) is not None:
-                self.changed = True
+            self._free_slot(uid, old)
+            self._departed[uid] = Departure(
+                uid, old.node, self.clock(), old.priority, old.cpu, old.memory
+            )
+            self._recent.pop(uid, None)
             self._touch()
             return
         self.pods[uid] = record
+        self._fill_slot(uid, record)
+        self._departed.pop(uid, None)
         self._account(record, 1)
         if self._is_recent(record):
             self._recent[uid] = record
         else:
             self._recent.pop(uid, None)
         self._touch()
+
+    def _fill_slot(self, uid: str, pod: PodRecord) -> None:
+        slot = self._slot_of.get(uid)
+        cols = self.columns
+        if slot is None:
+            if not self._free:
+                self._grow()
+            slot = self._slot_of[uid] = self._free.pop()
+            cols.uids[slot] = uid
+        elif cols.nodes[slot] != pod.node or cols.owners[slot] != pod.owner:
+            cols.edits += 1  # a built table's strings are out of date
+        names = self._index.get(pod.namespace)
+        if names is None:
+            names = self._index[pod.namespace] = {}
+        entry = slot | int(cols.generation[slot]) << SLOT_BITS
+        was = names.get(pod.name)
+        if was != entry:
+            if was is not None:
+                self._repoints += 1
+            names[pod.name] = entry
+        cols.nodes[slot] = pod.node
+        cols.owners[slot] = pod.owner
+        cols.priority[slot] = pod.priority
+        cols.requests[0, slot] = pod.request_mcpu / 1000
+        cols.requests[1, slot] = pod.request_memory
+
+    def _free_slot(self, uid: str, pod: PodRecord) -> None:
+        slot = self._slot_of.pop(uid, None)
+        if slot is None:
+            return
+        cols = self.columns
+        entry = slot | int(cols.generation[slot]) << SLOT_BITS
+        cols.generation[slot] += 1  # first: readers in another thread rely on this order
+        names = self._index.get(pod.namespace)
+        # A pod of the same name that arrived first (a relist) owns the name now: keep it.
+        if names is not None and names.get(pod.name) == entry:
+            del names[pod.name]
+            if not names:
+                del self._index[pod.namespace]
+        cols.uids[slot] = cols.nodes[slot] = cols.owners[slot] = ""
+        self._free.append(slot)
+
+    def _grow(self) -> None:
+        cols = self.columns
+        size = len(cols.uids)
+        cols.uids.extend([""] * size)
+        cols.nodes.extend([""] * size)
+        cols.owners.extend([""] * size)
+        cols.priority = np.concatenate([cols.priority, np.zeros(size, dtype=np.int64)])
+        cols.requests = np.concatenate([cols.requests, np.zeros((2, size))], axis=1)
+        cols.generation = np.concatenate([cols.generation, np.zeros(size, dtype=np.int64)])
+        self._free.extend(range(2 * size - 1, size - 1, -1))
+
+    # --- per-pod samples (extender.sources.base.ClusterView) --------------------------------------
+
+    def match_pods(self, namespaces: Sequence[str], names: Sequence[str]) -> PodRefs:
+        """The slot of each (namespace, name) among the bound, non-terminal pods, -1 where
+        there is none, with the slot's generation. Safe from a worker thread (module docstring).
+
+        An answer with the same series in the same order as one of the last
+        :data:`MEMO_ENTRIES` (Prometheus returns a vector in the same order from one refresh to
+        the next) reuses its matches, and looks up again only the keys whose answer may have
+        changed since: those that matched nothing, and those whose slot was freed. That gives
+        what a fresh match would: a pod keeps its slot and its name while it exists, and a name
+        that moves to another live slot (:attr:`_repoints`) voids every remembered match.
+        (Answers are told apart by a digest of their keys: see :func:`_match_key`.)
+        """
+        n = len(names)
+        if len(namespaces) != n:
+            raise ValueError(f"{len(namespaces)} namespaces for {n} names")
+        repoints = self._repoints  # before any lookup: a re-point after it voids what we keep
+        key = _match_key(namespaces, names)
+        with self._reader_lock:
+            memo = next(
+                (
+                    m
+                    for m in self._memo
+                    if key is not None and m.repoints == repoints and m.same(key, n)
+                ),
+                None,
+            )
+        if memo is None:
+            packed = self._lookup(namespaces, names)
+        else:
+            packed = memo.packed.copy()
+            generation = self.columns.generation
+            known = packed >= 0
+            stale = ~known
+            stale[known] = generation[packed[known] & SLOT_MASK] != packed[known] >> SLOT_BITS
+            redo = np.flatnonzero(stale)
+            if len(redo):
+                again = redo.tolist()
+                packed[redo] = self._lookup(
+                    [namespaces[i] for i in again], [names[i] for i in again]
+                )
+        if key is not None:
+            with self._reader_lock:
+                kept = [m for m in self._memo if not m.same(key, n)][: MEMO_ENTRIES - 1]
+                self._memo = [_Match(key, packed, repoints), *kept]
+        found = packed >= 0
+        return PodRefs(
+            np.where(found, packed & SLOT_MASK, -1), np.where(found, packed >> SLOT_BITS, -1)
+        )
+
+    def _lookup(self, namespaces: Sequence[str], names: Sequence[str]) -> IntArray:
+        """The packed index entry of each key, -1 where there is none: one atomic ``get``
+        per level, whatever the loop does to the index meanwhile."""
+        get = self._index.get
+        return np.fromiter(
+            [get(ns, _NO_NAMES).get(name, -1) for ns, name in zip(namespaces, names, strict=True)],
+            dtype=np.int64,
+            count=len(names),
+        )
+
+    def pod_usage(
+        self,
+        samples: tuple[PodSamples | None, PodSamples | None],
+        *,
+        oldest: float,
+        unknown: int = 0,
+    ) -> PodUsage:
+        """The per-pod table from (cpu, memory) samples matched earlier by :meth:`match_pods`,
+        against the pods bound now (see :func:`~extender.core.podusage.build_pod_table`; safe
+        from a worker thread). The last build's strings are reused when the rows are the same."""
+        with self._reader_lock:
+            previous = self._last_rows
+        usage, rows = build_pod_table(
+            self.columns, samples, oldest=oldest, unknown=unknown, previous=previous
+        )
+        with self._reader_lock:
+            self._last_rows = rows
+        return usage
+
+    def forget_pod_reads(self) -> None:
+        """Forget the remembered matches and the last table's rows (the next match and build
+        start cold, as the first ones do; for benchmarks)."""
+        with self._reader_lock:
+            self._memo = []
+            self._last_rows = None
+
+    def departures(self, now: float) -> list[Departure]:
+        """Pods deleted (or turned terminal) within the horizon before ``now``; older ones are
+        forgotten."""
+        after = now - self.horizon_s
+        expired = [uid for uid, d in self._departed.items() if d.departed_at < after]
+        for uid in expired:
+            del self._departed[uid]
+        return list(self._departed.values())
 
     def _is_recent(self, pod: PodRecord) -> bool:
         return pod.bound_at >= self.clock() - self.horizon_s
@@ -209,11 +434,46 @@ class ClusterCache:
     def expiring(self, now: float) -> bool:
         """Whether some recent pod has left the horizon (a publication would drop it)."""
         after = now - self.horizon_s
-        return any(p.bound_at < after for p in self._recent.values())
+        return any(p.bound_at < after for p in self._recent.values()) or any(
+            d.departed_at < after for d in self._departed.values()
+        )
 
     @property
     def recent(self) -> int:
         return len(self._recent)
+
+
+def _match_key(namespaces: Sequence[str], names: Sequence[str]) -> tuple[bytes, bytes] | None:
+    """What identifies an answer's keys, in order: a 128-bit BLAKE2b digest of the namespaces
+    and one of the names, each list joined by NUL (32 bytes remembered instead of the 5 MB the
+    joined strings of 150,000 pods take; mistaking one answer for another would need a BLAKE2b
+    collision). None (not remembered) when a label holds a NUL, which would make two different
+    answers join to the same text."""
+    n = len(names)
+    if not n:
+        return None
+    digests = []
+    for column in (namespaces, names):
+        joined = "\0".join(column)
+        if joined.count("\0") != n - 1:
+            return None
+        digests.append(hashlib.blake2b(joined.encode(), digest_size=16).digest())
+    return digests[0], digests[1]
+
+
+class _Match:
+    """One remembered answer: its keys' digests and their packed index entries."""
+
+    __slots__ = ("count", "key", "packed", "repoints")
+
+    def __init__(self, key: tuple[bytes, bytes], packed: IntArray, repoints: int) -> None:
+        self.key = key
+        self.count = len(packed)
+        self.packed = packed
+        self.repoints = repoints
+
+    def same(self, key: tuple[bytes, bytes], count: int) -> bool:
+        return self.count == count and self.key == key
 
 
 # --- sinks: how a reflector applies one resource to the cache -----------------------------------

@@ -36,6 +36,7 @@ from extender.cluster.decode import DecodeError, decode_bookmark, decode_event, 
 from extender.cluster.decode import decode_status as _decode_status
 from extender.cluster.settings import ClusterSettings
 from extender.errors import ClusterError
+from extender.wire.streams import read_at_most
 
 log = logging.getLogger(__name__)
 
@@ -366,7 +367,7 @@ class Reflector(Generic[R]):
 async def _error(resp: aiohttp.ClientResponse) -> ApiError:
     """The error a non-200 response stands for, with the API's own message when it gave one."""
     try:
-        body = await resp.content.read(MAX_ERROR_BODY)
+        body, _cut = await read_at_most(resp.content, MAX_ERROR_BODY)
     except (aiohttp.ClientError, TimeoutError):
         body = b""
     status = _decode_status(body) if body else None

@@ -13,8 +13,10 @@ The publisher also tells the metrics sources what they need of the cache (the cl
 their :class:`extender.sources.base.ClusterView`): :attr:`ClusterSource.nodes_published` is set
 at the first publication of a full node list, and listeners of :meth:`ClusterSource.
 watch_addresses` get the node address map after each publication that changed it (Prometheus
-maps ``instance`` addresses to node names with it). The source owns the API client it was given
-and closes it once, when :meth:`ClusterSource.run` ends; the sources that share it stop first.
+maps ``instance`` addresses to node names with it), and per-pod sources match their samples to
+bound pods through :meth:`ClusterSource.match_pods` and :meth:`ClusterSource.pod_usage`. The
+source owns the API client it was given and closes it once, when :meth:`ClusterSource.run` ends;
+the sources that share it stop first.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ import gc
 import logging
 import random
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -34,6 +36,7 @@ from extender.cluster.decode import NodeRecord, PodRecord, PriorityClassRecord
 from extender.cluster.reflector import ListCall, Reflector
 from extender.cluster.settings import DEFAULT_SETTINGS, POD_FIELD_SELECTOR, ClusterSettings
 from extender.core import Rules
+from extender.core.podusage import PodRefs, PodSamples, PodUsage
 from extender.store import SnapshotStore
 
 log = logging.getLogger(__name__)
@@ -194,7 +197,7 @@ class ClusterSource:
         cache.changed = False
         nodes = cache.node_infos()
         placements = cache.placements(now)
-        self.store.set_cluster(nodes, placements)
+        self.store.set_cluster(nodes, placements, departures=cache.departures(now))
         self.publications += 1
         self.published_at = now
         self.nodes_published.set()
@@ -237,6 +240,20 @@ class ClusterSource:
                 self._address_listeners.remove(listener)
 
         return unwatch
+
+    def match_pods(self, namespaces: Sequence[str], names: Sequence[str]) -> PodRefs:
+        """Per-pod samples' (namespace, name) to the cache's pod slots (-1: no such pod)."""
+        return self.cache.match_pods(namespaces, names)
+
+    def pod_usage(
+        self,
+        samples: tuple[PodSamples | None, PodSamples | None],
+        *,
+        oldest: float,
+        unknown: int = 0,
+    ) -> PodUsage:
+        """The per-pod table of (cpu, memory) samples against the pods bound now."""
+        return self.cache.pod_usage(samples, oldest=oldest, unknown=unknown)
 
     # --- what the server reads ------------------------------------------------------------------
 

@@ -9,7 +9,15 @@ the same arrays the verdict came from, so an explanation can never disagree with
 Semantics (see the policy documentation for the user-facing version):
 
 * **Projection** of a resource signal = live sample + (estimate of pods placed since that sample
-  + the incoming pod's estimate) / allocatable. Other signals are compared as sampled.
+  + the incoming pod's estimate - usage of departed pods the sample still shows) / allocatable.
+  Other signals are compared as sampled.
+* **Headroom** (per-pod data, a tier with ``headroom`` other than ``all``): the usage of
+  lower-priority pods the tier may leave out (cpu above requests, or all of the pods the pod
+  could preempt) is taken off the projection the ceilings are compared with, never below zero
+  load. Scores still read the load as it is (less the departed), so among the nodes a tier may
+  use, the ones really less loaded rank first.
+* **Estimate** of the incoming pod: its spec by the policy's rule, or, with ``siblings`` on and
+  enough running pods of its owner measured, their usage percentile.
 * **Fresh** means a sample exists and is at most ``max_age`` old (and not more than ``max_age`` in
   the future, which only a broken clock produces).
 * **Filter**: a node is rejected when a fresh projection is above the tier's ceiling for that
@@ -32,7 +40,7 @@ import numpy as np
 import numpy.typing as npt
 
 from extender.core.model import FloatArray, IndexArray, PodInfo, Snapshot, estimate_pod
-from extender.core.rules import RESOURCES, OnStale, Rules, Strategy, Tier
+from extender.core.rules import RESOURCES, Headroom, OnStale, Rules, Strategy, Tier
 
 BoolArray = npt.NDArray[np.bool_]
 IntArray = npt.NDArray[np.int64]
@@ -132,6 +140,10 @@ class Evaluation:
     fresh: BoolArray
     allocatable: FloatArray
     placed: FloatArray
+    departed: FloatArray
+    """(resources, candidates): departed pods' usage their node's sample still shows."""
+    credit: FloatArray
+    """(resources, candidates): lower-priority usage the tier's headroom left out."""
     estimate: tuple[float, float]
     projection: FloatArray
     usage: FloatArray
@@ -191,6 +203,8 @@ class Evaluation:
             fresh=self.fresh,
             allocatable=self.allocatable,
             placed=self.placed,
+            departed=self.departed,
+            credit=self.credit,
             estimate=self.estimate,
             projection=self.projection,
             usage=self.usage,
@@ -232,6 +246,11 @@ class Evaluation:
             "fallback": self.fallback,
             "allocatable": {r: _num(self.allocatable[k, i]) for k, r in enumerate(RESOURCES)},
             "justPlaced": {r: _num(self.placed[k, i]) for k, r in enumerate(RESOURCES)},
+            "departed": {r: _num(self.departed[k, i]) for k, r in enumerate(RESOURCES)},
+            "headroom": {
+                "mode": Headroom.ALL.value if self.tier is None else self.tier.headroom.value,
+                "leftOut": {r: _num(self.credit[k, i]) for k, r in enumerate(RESOURCES)},
+            },
             "podEstimate": dict(zip(RESOURCES, self.estimate, strict=True)),
             "signals": per_signal,
             "rawScore": _num(self.raw_scores[i]),
@@ -242,6 +261,48 @@ class Evaluation:
             "observed": self.observed,
             "verdict": {"kept": bool(self.verdict_keep[i]), "score": int(self.verdict_scores[i])},
         }
+
+
+@dataclass(frozen=True, slots=True)
+class TierVectors:
+    """A tier's per-signal settings as arrays (signal order), read-only."""
+
+    ceilings: npt.NDArray[np.float64]
+    """(signals,) the ceiling of each signal; +inf where the tier sets none."""
+    ceilings_col: npt.NDArray[np.float64]
+    """(signals, 1): the same, ready to broadcast against (signals, candidates)."""
+    weights: npt.NDArray[np.float64]
+    needed_rows: tuple[int, ...]
+    """Signals the tier reads (a ceiling or a weight): missing data there makes a node stale."""
+    ceiling_rows: tuple[int, ...]
+    """Signals with a finite ceiling."""
+
+    @staticmethod
+    def build(tier: Tier, signals: tuple[str, ...]) -> TierVectors:
+        ceilings = np.array([tier.ceilings.get(s, math.inf) for s in signals], dtype=np.float64)
+        weights = np.array([tier.weights.get(s, 0.0) for s in signals], dtype=np.float64)
+        needed = np.isfinite(ceilings) | (weights > 0)
+        col = ceilings[:, None].copy()
+        for arr in (ceilings, weights, col):
+            arr.setflags(write=False)
+        return TierVectors(
+            ceilings=ceilings,
+            ceilings_col=col,
+            weights=weights,
+            needed_rows=tuple(int(i) for i in np.flatnonzero(needed)),
+            ceiling_rows=tuple(int(i) for i in np.flatnonzero(np.isfinite(ceilings))),
+        )
+
+
+def tier_vectors(rules: Rules, tier: Tier) -> TierVectors:
+    """The tier's :class:`TierVectors`, built once per rules object and kept with it (in
+    ``rules.derived``; two threads racing build equal ones, either is kept)."""
+    key = f"vectors:{tier.name}"
+    got = rules.derived.get(key)
+    if got is None:
+        got = rules.derived[key] = TierVectors.build(tier, rules.signals)
+    assert isinstance(got, TierVectors)
+    return got
 
 
 def _num(x: float | np.floating[Any]) -> float | None:
@@ -297,8 +358,8 @@ class Assessment:
     cols: IndexArray
     """Snapshot columns of the rows below (-1: the unknown column)."""
     floats: FloatArray
-    """Stacked rows: values, sampled_at (signals each), allocatable, placed (resources each),
-    projection, usage (signals each), raw score (one)."""
+    """Stacked rows: values, sampled_at (signals each), allocatable, placed, departed, credit
+    (resources each), projection, usage (signals each), raw score (one)."""
     ints: npt.NDArray[np.int64]
     """Stacked rows: reason codes, scores."""
     fresh: BoolArray
@@ -317,9 +378,9 @@ class Assessment:
         fresh: BoolArray,
         valid: tuple[float, float],
     ) -> Assessment:
-        """From ``rows`` = (values, sampled_at, allocatable, placed, projection, usage, raw)."""
-        values, sampled_at, allocatable, placed, projection, usage, raw = rows
-        floats = np.vstack([values, sampled_at, allocatable, placed, projection, usage, raw])
+        """From ``rows`` = (values, sampled_at, allocatable, placed, departed, credit,
+        projection, usage, raw)."""
+        floats = np.vstack(rows)
         tier, bypass, estimate, fallback = head
         return Assessment(
             tier,
@@ -357,12 +418,20 @@ class Assessment:
         return self._rows(2 * self._nsig + len(RESOURCES), len(RESOURCES))
 
     @property
+    def departed(self) -> FloatArray:
+        return self._rows(2 * self._nsig + 2 * len(RESOURCES), len(RESOURCES))
+
+    @property
+    def credit(self) -> FloatArray:
+        return self._rows(2 * self._nsig + 3 * len(RESOURCES), len(RESOURCES))
+
+    @property
     def projection(self) -> FloatArray:
-        return self._rows(2 * self._nsig + 2 * len(RESOURCES), self._nsig)
+        return self._rows(2 * self._nsig + 4 * len(RESOURCES), self._nsig)
 
     @property
     def usage(self) -> FloatArray:
-        return self._rows(3 * self._nsig + 2 * len(RESOURCES), self._nsig)
+        return self._rows(3 * self._nsig + 4 * len(RESOURCES), self._nsig)
 
     @property
     def raw(self) -> FloatArray:
@@ -395,12 +464,55 @@ class Assessment:
         )
 
 
-def pod_class(pod: PodInfo, rules: Rules) -> tuple[str | None, Tier | None, tuple[float, float]]:
+def pod_estimate(pod: PodInfo, rules: Rules, snap: Snapshot | None = None) -> tuple[float, float]:
+    """The incoming pod's (cpu, memory) estimate: its owner's siblings' usage percentile where
+    the snapshot has one for that resource, else the policy's rule on the pod's spec."""
+    rule = estimate_pod(pod, rules.estimation)
+    got = (
+        None
+        if snap is None or rules.estimation.siblings is None
+        else (snap.siblings_estimate(pod.owner))
+    )
+    if got is None:
+        return rule
+    return (
+        got[0] if math.isfinite(got[0]) else rule[0],
+        got[1] if math.isfinite(got[1]) else rule[1],
+    )
+
+
+def pod_class(
+    pod: PodInfo, rules: Rules, snap: Snapshot | None = None
+) -> tuple[str | None, Tier | None, tuple[float, float]]:
     """What a decision depends on of the pod: (bypass reason, tier, estimate). Pods that agree
-    on these get the same verdict on every node."""
+    on these (and on :func:`headroom_key`) get the same verdict on every node."""
     bypass = bypass_reason(pod, rules)
     tier = None if bypass is not None else tier_for(pod, rules)
-    return bypass, tier, estimate_pod(pod, rules.estimation)
+    return bypass, tier, pod_estimate(pod, rules, snap)
+
+
+def headroom_key(pod: PodInfo, tier: Tier | None, snap: Snapshot) -> tuple[str, int] | None:
+    """Which precomputed credit a pod of ``tier`` reads: (mode, priority boundary), or None
+    when nothing is left out (mode ``all``, no per-pod data, a ``preemptible`` tier's pod that
+    never preempts, or no lower-priority pod measured)."""
+    table = snap.pods
+    if tier is None or table is None or tier.headroom is Headroom.ALL:
+        return None
+    if tier.headroom is Headroom.PREEMPTIBLE and pod.preemption_policy == "Never":
+        return None
+    if tier.headroom not in table.credits:
+        return None
+    k = table.boundary(pod.priority)
+    return None if k == 0 else (tier.headroom.value, k)
+
+
+def _credit(key: tuple[str, int] | None, snap: Snapshot, cols: IndexArray) -> FloatArray:
+    """(resources, candidates): the usage the key's headroom leaves out on each column."""
+    if key is None or snap.pods is None:
+        return np.zeros((len(RESOURCES), len(cols)))
+    arr = snap.pods.credits[Headroom(key[0])][key[1]]
+    out: FloatArray = np.take(arr, cols, axis=1)
+    return out
 
 
 def assess_all(pod: PodInfo, snap: Snapshot, rules: Rules, now: float) -> Assessment:
@@ -472,21 +584,34 @@ def _assess(
     count = len(cols)
     signals = snap.signals
     nsig = len(signals)
-    values, sampled_at, alloc, requested, placed = snap.gather(cols)
+    values, sampled_at, alloc, requested, placed, departed = snap.gather(cols)
     ages = now - sampled_at
     fresh = np.abs(ages) <= rules.max_age_s  # False where there is no sample (NaN)
     if allocatable is not None:
         alloc = np.where(np.isnan(allocatable), alloc, allocatable)
-    bypass, tier, estimate = pod_class(pod, rules)
+    bypass, tier, estimate = pod_class(pod, rules, snap)
+    credit = _credit(headroom_key(pod, tier, snap), snap, cols)
     incoming = np.array(estimate)[:, None]
     if freed is not None:
         incoming = incoming - freed
     known_alloc = alloc > 0
     added = np.where(known_alloc, (placed + incoming) / alloc, 0.0)
+    # What leaves the sample: departed pods, then the headroom's credit; neither takes a node's
+    # load below zero (a measured pod cannot be more of the sample than the sample).
+    gone = np.where(known_alloc, departed / alloc, 0.0)
+    left_out = np.where(known_alloc, credit / alloc, 0.0)
     projection = values.copy()
+    scored = values.copy()
     resource_rows = [(r, signals.index(res)) for r, res in enumerate(RESOURCES) if res in signals]
     for r, row in resource_rows:
-        projection[row] += added[r]
+        base = values[row]
+        # Where nothing leaves, the sample is used exactly as it is (today's arithmetic).
+        shown = np.where(gone[r] > 0, np.maximum(base - gone[r], np.minimum(base, 0.0)), base)
+        scored[row] = shown + added[r]
+        after = np.where(
+            left_out[r] > 0, np.maximum(shown - left_out[r], np.minimum(shown, 0.0)), shown
+        )
+        projection[row] = after + added[r]
 
     def by_requests() -> FloatArray:
         """Request-based utilization per signal row (NaN for non-resource signals).
@@ -508,7 +633,7 @@ def _assess(
         usage = np.full((nsig, count), np.nan)
         raw = np.full(count, neutral)
     else:
-        vec = rules.vectors[tier.name]
+        vec = tier_vectors(rules, tier)
         stale: BoolArray = np.zeros(count, dtype=bool)
         if fallback:
             # The whole source is down: nothing is rejected for load, scores come from requests,
@@ -528,7 +653,7 @@ def _assess(
             codes = np.where(over_mask > 0, over_mask + 1, 0)
             if tier.on_stale is OnStale.REJECT:
                 codes = np.where((codes == 0) & stale, -1, codes)
-            usage = np.where(fresh, projection, np.nan)
+            usage = np.where(fresh, scored, np.nan)
             # Elementwise (any row not fresh), so a decision never depends on which other nodes
             # are candidates: the whole-snapshot assessment must give the per-request answer.
             if tier.on_stale is OnStale.ALLOW and not fresh.all():
@@ -545,7 +670,7 @@ def _assess(
     return Assessment.make(
         (tier, bypass, estimate, fallback),
         cols,
-        (values, sampled_at, alloc, placed, projection, usage, raw[None, :]),
+        (values, sampled_at, alloc, placed, departed, credit, projection, usage, raw[None, :]),
         codes,
         scores,
         fresh,
@@ -567,7 +692,7 @@ def _finish(
     if tier is None:
         ceilings, weights = np.full(len(signals), np.inf), np.zeros(len(signals))
     else:
-        vec = rules.vectors[tier.name]
+        vec = tier_vectors(rules, tier)
         ceilings, weights = vec.ceilings, vec.weights
     floored: BoolArray = np.zeros(count, dtype=bool)
     passing = a.codes == 0
@@ -595,6 +720,8 @@ def _finish(
         fresh=a.fresh,
         allocatable=a.allocatable,
         placed=a.placed,
+        departed=a.departed,
+        credit=a.credit,
         estimate=a.estimate,
         projection=a.projection,
         usage=a.usage,
@@ -628,7 +755,9 @@ __all__ = [
     "assess_all",
     "bypass_reason",
     "evaluate",
+    "headroom_key",
     "live_reason",
     "pod_class",
+    "pod_estimate",
     "tier_for",
 ]

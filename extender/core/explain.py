@@ -12,9 +12,9 @@ from typing import Any
 
 import numpy as np
 
-from extender.core.decide import Evaluation
-from extender.core.model import Snapshot
-from extender.core.rules import RESOURCES
+from extender.core.decide import Evaluation, tier_for
+from extender.core.model import PodInfo, Snapshot
+from extender.core.rules import RESOURCES, Rules
 from extender.errors import ConfigError
 
 SNAPSHOT_KIND = "Snapshot"
@@ -25,9 +25,73 @@ class SnapshotFileError(ConfigError, ValueError):
     """A snapshot document that cannot be read back; the message says where."""
 
 
-def summarize(evaluation: Evaluation, top: int | None = 5) -> dict[str, Any]:
+#: Pods listed per tier behind a node's load: the few that make most of it, which is what an
+#: operator asks ("who is using this node?"); the rest are summed.
+TOP_PODS_PER_TIER = 5
+
+
+def load_pods(
+    snap: Snapshot, node: str, rules: Rules | None = None, top: int = TOP_PODS_PER_TIER
+) -> list[dict[str, Any]] | None:
+    """The pods behind ``node``'s load, by tier: per tier the count, the summed measured usage
+    and the ``top`` pods by cpu. None without per-pod data. A pod's tier is the one its
+    priority and its owner's namespace match (the per-pod table carries no labels or class
+    names: a tier matched on those shows as the first tier its priority alone fits)."""
+    table = snap.pods
+    col = snap.index.get(node)
+    if table is None or col is None:
+        return None
+    rows = np.flatnonzero((table.cols == col) & table.fresh.any(axis=0))
+    usage = table.usage
+    groups: dict[str, list[int]] = {}
+    for row in rows.tolist():
+        prio = int(usage.priority[row])
+        if rules is None:
+            name = f"priority {prio}"
+        else:
+            parts = usage.owners[row].split("/")
+            namespace = parts[1] if len(parts) == 3 else ""
+            name = tier_for(PodInfo(namespace=namespace, name="", priority=prio), rules).name
+        groups.setdefault(name, []).append(row)
+    out: list[dict[str, Any]] = []
+    for name, members in groups.items():
+        idx = np.array(members, dtype=np.intp)
+        vals = np.where(table.fresh[:, idx], usage.usage[:, idx], 0.0)
+        order = idx[np.argsort(-vals[0], kind="stable")][:top]
+        out.append(
+            {
+                "tier": name,
+                "pods": len(members),
+                "usage": {r: _f(vals[k].sum()) for k, r in enumerate(RESOURCES)},
+                "top": [
+                    {
+                        "uid": usage.uids[i],
+                        "owner": usage.owners[i],
+                        "priority": int(usage.priority[i]),
+                        "usage": {
+                            r: _f(usage.usage[k, i]) if table.fresh[k, i] else None
+                            for k, r in enumerate(RESOURCES)
+                        },
+                        "requests": {r: _f(usage.requests[k, i]) for k, r in enumerate(RESOURCES)},
+                    }
+                    for i in order.tolist()
+                ],
+            }
+        )
+    out.sort(key=lambda g: -(g["usage"]["cpu"] or 0.0))
+    return out
+
+
+def summarize(
+    evaluation: Evaluation,
+    top: int | None = 5,
+    snap: Snapshot | None = None,
+    rules: Rules | None = None,
+) -> dict[str, Any]:
     """The ranking of kept nodes, rejected nodes grouped by reason, and the inputs of the top
-    ``top`` nodes (every node when None)."""
+    ``top`` nodes (every node when None). With ``snap`` (and per-pod data in it), each detailed
+    node also lists the pods behind its load by tier (:func:`load_pods`; tiers named by
+    ``rules``)."""
     ev = evaluation
     kept = ev.kept()
     # Best score first; ties keep the request order (the scheduler breaks ties itself).
@@ -50,8 +114,17 @@ def summarize(evaluation: Evaluation, top: int | None = 5) -> dict[str, Any]:
         "rejected": rejected,
         "floor": _floor_note(ev),
         "observed": _observed(ev) if ev.observed else None,
-        "details": [ev.explain(i) for i in chosen],
+        "details": [_detail(ev, i, snap, rules) for i in chosen],
     }
+
+
+def _detail(ev: Evaluation, i: int, snap: Snapshot | None, rules: Rules | None) -> dict[str, Any]:
+    out = ev.explain(i)
+    if snap is not None:
+        pods = load_pods(snap, ev.names[i], rules)
+        if pods is not None:
+            out["loadPods"] = pods
+    return out
 
 
 def _floor_note(ev: Evaluation) -> dict[str, Any] | None:
@@ -84,7 +157,11 @@ def _f(x: float) -> float | None:
 
 
 def snapshot_to_dict(snap: Snapshot, taken_at: float) -> dict[str, Any]:
+    """The snapshot's per-node data as a document. The per-pod table is not written (its uses
+    are: ``justPlaced`` after visibility, ``departed``); a decision replayed from the file
+    leaves out no lower-priority usage (headroom) and estimates pods by their spec."""
     nodes: dict[str, Any] = {}
+    departed = snap.departed if snap.departed is not None else snap.placed * 0.0
     for col, name in enumerate(snap.names):
         samples = {
             sig: {"value": _f(snap.values[row, col]), "timestamp": _f(snap.sampled_at[row, col])}
@@ -95,6 +172,7 @@ def snapshot_to_dict(snap: Snapshot, taken_at: float) -> dict[str, Any]:
             "allocatable": {r: _f(snap.allocatable[k, col]) for k, r in enumerate(RESOURCES)},
             "requested": {r: _f(snap.requested[k, col]) for k, r in enumerate(RESOURCES)},
             "justPlaced": {r: _f(snap.placed[k, col]) for k, r in enumerate(RESOURCES)},
+            "departed": {r: _f(departed[k, col]) for k, r in enumerate(RESOURCES)},
             "samples": samples,
         }
     return {
@@ -138,14 +216,17 @@ def snapshot_from_dict(doc: Any) -> Snapshot:
     width = len(names) + 1
     values = np.full((len(signals), width), np.nan)
     sampled_at = np.full((len(signals), width), np.nan)
-    arrays = {k: np.full((len(RESOURCES), width), np.nan) for k in ("alloc", "req", "placed")}
+    keys = ("alloc", "req", "placed", "departed")
+    arrays = {k: np.full((len(RESOURCES), width), np.nan) for k in keys}
     arrays["placed"][:] = 0.0
+    arrays["departed"][:] = 0.0
     for col, name in enumerate(names):
         node = _map(nodes[name], f"nodes.{name}")
         for key, field in (
             ("alloc", "allocatable"),
             ("req", "requested"),
             ("placed", "justPlaced"),
+            ("departed", "departed"),
         ):
             part = _map(node.get(field), f"nodes.{name}.{field}")
             for k, r in enumerate(RESOURCES):
@@ -170,6 +251,7 @@ def snapshot_from_dict(doc: Any) -> Snapshot:
         allocatable=arrays["alloc"],
         requested=arrays["req"],
         placed=arrays["placed"],
+        departed=arrays["departed"],
         source_ok_at=float(ok_at) if isinstance(ok_at, int | float) else None,
         built_at=float(built) if isinstance(built, int | float) else 0.0,
     )

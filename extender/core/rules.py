@@ -7,12 +7,9 @@ YAML and compiles it into a :class:`Rules`; nothing here knows about YAML or fil
 from __future__ import annotations
 
 import enum
-import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-
-import numpy as np
-import numpy.typing as npt
+from typing import Any
 
 #: Signals that are resources: pods carry an estimate for them, so a projection can add the
 #: just-placed pods and the incoming pod to the live sample. Other signals (network, disk, custom)
@@ -45,6 +42,25 @@ class EstimateFrom(enum.Enum):
 
     REQUESTS = "requests"
     LIMITS = "limits"
+
+
+class Headroom(enum.Enum):
+    """Which usage of lower-priority pods counts against a tier's ceilings (per-pod data only;
+    without it every mode is ``all``).
+
+    Memory is not reclaimable without an eviction (the kernel cannot take back pages the way
+    CFS shares take back CPU), so ``requests`` counts lower pods' memory in full, and only
+    ``preemptible`` discounts it: preemption evicts those pods, which is what frees it.
+    """
+
+    ALL = "all"
+    """Every pod's usage counts (node-level behaviour)."""
+    REQUESTS = "requests"
+    """A lower-priority pod's cpu counts only up to its request: CPU above requests is
+    reclaimable by CFS shares. Memory counts in full."""
+    PREEMPTIBLE = "preemptible"
+    """The usage (cpu and memory) of the pods this pod could preempt does not count: lower
+    priority, when the pod's ``preemptionPolicy`` is not ``Never``."""
 
 
 class SelectorOp(enum.Enum):
@@ -114,6 +130,19 @@ class Tier:
     extenders, so a tier that must run needs a floor."""
     observe: bool = False
     """Shadow mode: decide and record, but keep every node and answer neutral scores."""
+    headroom: Headroom = Headroom.ALL
+    """Which usage of lower-priority pods counts against this tier (see :class:`Headroom`)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Siblings:
+    """Estimate a new pod from the measured usage of its controller's running pods."""
+
+    percentile: float = 90.0
+    """Of the siblings' usage samples, per resource (0..100)."""
+    min_pods: int = 3
+    """Siblings with a fresh sample needed before their percentile replaces the rule: fewer
+    say little about the next one (one pod's p90 is that pod)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,6 +162,8 @@ class Estimation:
     """Cores, for a container that declares neither a request nor a limit."""
     default_memory: float = 128 * 2**20
     """Bytes, for a container that declares neither a request nor a limit."""
+    siblings: Siblings | None = None
+    """None: estimates come from the pod's own spec only (today's rule)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -161,43 +192,13 @@ class Rules:
     live_source: bool = True
     """False with ``metrics.source: none``: request-based scoring by design, so no tier waits
     for live data (``onStale: reject`` applies only while a live source is down)."""
-    vectors: Mapping[str, TierVectors] = field(init=False, repr=False, compare=False)
-    """Per tier name, its ceilings and weights as arrays in signal order: built once with the
-    rules, so a request does not rebuild them."""
+    derived: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
+    """What the decision derives from these rules once and keeps with them (per tier, its
+    ceilings and weights as arrays: :func:`extender.core.decide.tier_vectors`), so a request
+    does not rebuild it. Filled on first use, not here: the policy loader builds rules without
+    numpy (``policy check`` answers without importing it)."""
 
-    def __post_init__(self) -> None:
-        vectors = {
-            t.name: TierVectors.build(t, self.signals) for t in (*self.tiers, self.default_tier)
-        }
-        object.__setattr__(self, "vectors", vectors)
-
-
-@dataclass(frozen=True, slots=True)
-class TierVectors:
-    """A tier's per-signal settings as arrays (signal order), read-only."""
-
-    ceilings: npt.NDArray[np.float64]
-    """(signals,) the ceiling of each signal; +inf where the tier sets none."""
-    ceilings_col: npt.NDArray[np.float64]
-    """(signals, 1): the same, ready to broadcast against (signals, candidates)."""
-    weights: npt.NDArray[np.float64]
-    needed_rows: tuple[int, ...]
-    """Signals the tier reads (a ceiling or a weight): missing data there makes a node stale."""
-    ceiling_rows: tuple[int, ...]
-    """Signals with a finite ceiling."""
-
-    @staticmethod
-    def build(tier: Tier, signals: tuple[str, ...]) -> TierVectors:
-        ceilings = np.array([tier.ceilings.get(s, math.inf) for s in signals], dtype=np.float64)
-        weights = np.array([tier.weights.get(s, 0.0) for s in signals], dtype=np.float64)
-        needed = np.isfinite(ceilings) | (weights > 0)
-        col = ceilings[:, None].copy()
-        for arr in (ceilings, weights, col):
-            arr.setflags(write=False)
-        return TierVectors(
-            ceilings=ceilings,
-            ceilings_col=col,
-            weights=weights,
-            needed_rows=tuple(int(i) for i in np.flatnonzero(needed)),
-            ceiling_rows=tuple(int(i) for i in np.flatnonzero(np.isfinite(ceilings))),
-        )
+    @property
+    def uses_headroom(self) -> bool:
+        """Some tier discounts lower-priority pods' usage (per-pod credits are precomputed)."""
+        return any(t.headroom is not Headroom.ALL for t in (*self.tiers, self.default_tier))

@@ -31,11 +31,13 @@ from extender.core.rules import (
     Bypass,
     EstimateFrom,
     Estimation,
+    Headroom,
     LabelSelector,
     OnStale,
     Rules,
     SelectorOp,
     SelectorRequirement,
+    Siblings,
     Strategy,
     Tier,
     TierMatch,
@@ -275,6 +277,7 @@ def _tier(spec: TierSpec, signals: Sequence[str], mode: str = "enforce") -> Tier
         on_stale=OnStale(spec.onStale),
         floor_keep=spec.floor.keep,
         observe=(spec.mode or mode) == "observe",
+        headroom=Headroom(spec.headroom),
     )
 
 
@@ -294,6 +297,11 @@ def compile_rules(doc: PolicyDocument) -> Rules:
             observe=doc.mode == "observe",
         )
     est = doc.estimation
+    siblings = (
+        None
+        if est.siblings is None
+        else Siblings(percentile=est.siblings.percentile, min_pods=est.siblings.minPods)
+    )
     return Rules(
         signals=signals,
         tiers=tiers,
@@ -306,6 +314,7 @@ def compile_rules(doc: PolicyDocument) -> Rules:
             requests_factor=est.requestsFactor,
             default_cpu=est.defaults.cpu,
             default_memory=est.defaults.memory,
+            siblings=siblings,
         ),
         bypass=Bypass(
             daemonsets=doc.bypass.daemonSets,

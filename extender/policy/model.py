@@ -21,7 +21,7 @@ from pydantic import (
 )
 
 from extender.core.quantity import QuantityError, parse_quantity
-from extender.core.rules import EstimateFrom, OnStale, Strategy
+from extender.core.rules import EstimateFrom, Headroom, OnStale, Strategy
 
 # The names a policy may spell come from the core's enums, the one list of each; the models keep
 # plain strings (a strict model would not coerce text into an enum) and the loader converts.
@@ -29,10 +29,12 @@ if TYPE_CHECKING:
     StrategyName = str
     OnStaleName = str
     EstimateFromName = str
+    HeadroomName = str
 else:
     StrategyName = Literal[tuple(s.value for s in Strategy)]
     OnStaleName = Literal[tuple(s.value for s in OnStale)]
     EstimateFromName = Literal[tuple(s.value for s in EstimateFrom)]
+    HeadroomName = Literal[tuple(h.value for h in Headroom)]
 
 API_GROUP = "priority-extender.io"
 API_VERSION = f"{API_GROUP}/v1alpha1"
@@ -205,6 +207,38 @@ class StrictModel(BaseModel):
     )
 
 
+#: The recording rules ``config/prometheus-rules.yaml`` ships for per-pod usage: cAdvisor's
+#: container series summed per pod (``namespace``, ``pod``), without the pause container and
+#: the ``container=""`` aggregates.
+POD_CPU_RULE = "pod:container_cpu_usage:rate"
+POD_MEMORY_RULE = "pod:container_memory_working_set:bytes"
+
+NonBlank = Annotated[str, Field(min_length=1, pattern=r"\S")]
+"""A query: empty or blank text is an error at its position."""
+
+
+class PrometheusPods(StrictModel):
+    """Per-pod usage from cAdvisor series, through the shipped recording rules."""
+
+    enabled: bool = False
+    """Off by default: without per-pod data every decision is the node-level one. On, it
+    feeds visibility of just-placed pods, tiers' ``headroom``, the preemption mirror, explain's
+    pods by tier and ``estimation.siblings``."""
+    cpuQuery: NonBlank = POD_CPU_RULE
+    """Instant query returning one series per pod (labels ``namespace`` and ``pod``): its cpu
+    usage in cores. The default reads the shipped recording rule."""
+    memoryQuery: NonBlank = POD_MEMORY_RULE
+    """Instant query returning one series per pod (labels ``namespace`` and ``pod``): its
+    working set in bytes (what the kubelet evicts by)."""
+
+
+class MetricsServerPods(StrictModel):
+    enabled: bool = False
+    """Read ``PodMetrics`` (``metrics.k8s.io/v1beta1``) with the NodeMetrics, for the per-pod
+    uses (see ``metrics.prometheus.pods.enabled``). Off by default: without per-pod data every
+    decision is the node-level one."""
+
+
 class PrometheusSource(StrictModel):
     url: str = "http://prometheus.monitoring.svc:9090"
     """Base URL of the Prometheus (or Thanos, Mimir) HTTP API."""
@@ -225,6 +259,8 @@ class PrometheusSource(StrictModel):
     utilization ratio). A sample outside is rejected and counted, and that node's signal is
     missing; values within 2% of the span outside are clamped instead, since ``rate()`` over
     jittery scrapes overshoots that much. Signals not declared in ``signals`` are ignored."""
+    pods: PrometheusPods = Field(default_factory=PrometheusPods)
+    """Per-pod usage (off by default)."""
 
 
 class StaticSource(StrictModel):
@@ -241,6 +277,8 @@ class MetricsServerSource(StrictModel):
     default (and never faster than every 10 s), so faster buys nothing. At least 10s."""
     timeout: PositiveDuration = 5.0
     """Per request; refreshes run in the background."""
+    pods: MetricsServerPods = Field(default_factory=MetricsServerPods)
+    """Per-pod usage from PodMetrics (off by default)."""
 
 
 class MetricsSettings(StrictModel):
@@ -322,6 +360,16 @@ class TierSpec(StrictModel):
     """What happens when every candidate is rejected (default: reject them all)."""
     mode: Mode | None = None
     """``enforce`` or ``observe`` for this tier; default: the policy's ``mode``."""
+    headroom: HeadroomName = Headroom.ALL.value
+    """Which usage of lower-priority pods counts against this tier's ceilings, with per-pod
+    data (without it every mode is ``all``). ``all``: every pod's usage (the default, the
+    node-level behaviour). ``requests``: a lower-priority pod's cpu counts only up to its
+    request, since CFS shares take back cpu above requests when this tier needs it; its memory
+    counts in full, since memory is not reclaimable without an eviction. ``preemptible``: the
+    usage of the pods this pod could preempt (lower priority, and the pod's
+    ``preemptionPolicy`` is not ``Never``) does not count at all, memory included, since
+    preemption evicts them. Scores still read the load as it is, so a tier prefers nodes
+    really less loaded among those its headroom allows."""
 
 
 class EstimationDefaults(StrictModel):
@@ -329,6 +377,15 @@ class EstimationDefaults(StrictModel):
     """For a container with no cpu request or limit: 100m, kube-scheduler's own assumption."""
     memory: Quantity = 200 * 2**20
     """For a container with no memory request or limit: 200Mi, as kube-scheduler assumes."""
+
+
+class SiblingsSpec(StrictModel):
+    percentile: Annotated[float, Field(gt=0, le=100)] = 90.0
+    """Of the running siblings' measured usage, per resource: p90 covers most replicas without
+    taking the worst one."""
+    minPods: Annotated[int, Field(ge=1, le=10000)] = 3
+    """Siblings with a fresh usage sample needed before their percentile is used: one or two
+    pods say little about the next one."""
 
 
 class EstimationSpec(StrictModel):
@@ -347,6 +404,10 @@ class EstimationSpec(StrictModel):
     requestsFactor: Annotated[float, Field(gt=0, le=10)] = 1.0
     """Requests are multiplied by this when they estimate usage."""
     defaults: EstimationDefaults = Field(default_factory=EstimationDefaults)
+    siblings: SiblingsSpec | None = None
+    """With per-pod data: a new pod whose controller (ReplicaSet, StatefulSet, Job) has running
+    pods with usage samples is estimated at a percentile of their usage instead of by the rule
+    above. Off (null) by default: the rule above only."""
 
 
 class BypassSpec(StrictModel):

@@ -35,6 +35,7 @@ from extender.policy.yamlpos import ManifestError, manifest_json
 from extender.store import SnapshotStore
 from extender.verbs import DecisionLog
 from extender.wire import WireError, decode_pod
+from extender.wire.streams import read_at_most
 
 #: Largest Pod manifest accepted by the dry run; real pods are a few KB.
 MAX_MANIFEST_BYTES = 1 << 20
@@ -191,8 +192,8 @@ class AdminViews:
             return _error(415, refused)
         if request.content_length is not None and request.content_length > MAX_MANIFEST_BYTES:
             return _error(413, f"manifest larger than {MAX_MANIFEST_BYTES} bytes")
-        body = await request.content.read(MAX_MANIFEST_BYTES + 1)
-        if len(body) > MAX_MANIFEST_BYTES:
+        body, over = await read_at_most(request.content, MAX_MANIFEST_BYTES)
+        if over:
             return _error(413, f"manifest larger than {MAX_MANIFEST_BYTES} bytes")
         if not body.strip():
             return _error(400, "post a Pod manifest (JSON or YAML)")
@@ -215,7 +216,9 @@ class AdminViews:
         names = [n for n in nodes.split(",") if n] if nodes else list(state.snapshot.names)
         now = self.clock()
         evaluation = evaluate(pod, Candidates(names), state.snapshot, state.policy.rules, now)
-        out = {"at": now, **summarize(evaluation, top)}
+        # The pods behind each node's load come from the snapshot decided on; a logged
+        # decision's snapshot is gone, so only the dry run (decided now) lists them.
+        out = {"at": now, **summarize(evaluation, top, state.snapshot, state.policy.rules)}
         if warning is not None:
             out["warnings"] = [*out.get("warnings", []), warning]
         return web.json_response(out, dumps=_dumps)

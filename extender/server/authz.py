@@ -42,8 +42,13 @@ from aiohttp.typedefs import Middleware
 from kubernetes.aio import client as k8s
 
 from extender.errors import ClusterError
+from extender.wire.streams import read_at_most
 
 log = logging.getLogger(__name__)
+
+#: Largest TokenReview/SubjectAccessReview answer read: a review status is a few KB (a user's
+#: groups and extra fields); anything larger is not an answer to trust.
+MAX_REVIEW_BYTES = 1 << 20
 
 #: Paths that stay open without a token: the kubelet's probes and Prometheus' scrape must work
 #: without credentials, and neither reveals the cluster.
@@ -308,13 +313,15 @@ class Authorizer:
                     self.reviews += 1
                     resp = await call(body, _request_timeout=self.timeout_s)
                     try:
-                        raw = await resp.content.read(1 << 20)
+                        raw, over = await read_at_most(resp.content, MAX_REVIEW_BYTES)
                     finally:
                         resp.release()
         except TimeoutError:
             raise ReviewError(f"{kind} got no answer within {self.timeout_s:g} s") from None
         except (aiohttp.ClientError, OSError, k8s.ApiException) as exc:
             raise ReviewError(f"{kind} failed: {_short(exc)}") from None
+        if over:
+            raise ReviewError(f"{kind} answered more than {MAX_REVIEW_BYTES} bytes")
         if resp.status not in (200, 201):
             detail = _short(raw.decode(errors="replace"))
             hint = ""

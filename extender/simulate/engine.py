@@ -29,6 +29,11 @@ baseline) and returns a :class:`RunResult`.
   ``ruleInterval`` computing cpu as the mean over ``rateWindow`` (``rate()`` of the busy counter)
   and memory as the latest scrape; the extender querying every ``refreshInterval``, with the
   query's evaluation time as the sample's timestamp (as Prometheus answers instant queries).
+* With a policy that turns per-pod usage on (``metrics.prometheus.pods.enabled`` or
+  ``metrics.metricsServer.pods.enabled``), each refresh also hands the extender every running
+  pod's own usage as the same pipeline shows it: cpu as the pod's share of the rule's rate
+  window (a pod bound inside the window shows the part it ran), memory once a scrape saw it;
+  and deleted pods (completed, preempted) reach it as departures, as the cluster cache would.
 
 **Simplifications** (also listed in every report):
 
@@ -77,6 +82,7 @@ from extender.core import (
     estimate_pod,
     tier_for,
 )
+from extender.core.podusage import Departure, PodUsage, owner_key
 from extender.policy import LoadedPolicy
 from extender.simulate.inprocess import InProcessExtender
 from extender.simulate.scenario import ScenarioDocument, TierSpec
@@ -323,12 +329,22 @@ class Simulation:
 
         self.ext: InProcessExtender | None = None
         self.live = False
+        self.pod_feed = False
+        """Per-pod usage and departures are handed to the extender (see the module docstring)."""
+        self.pod_usage: PodUsage | None = None
+        self.departures: deque[Departure] = deque()
+        self.rule_span: tuple[float, float] | None = None
+        """(first, last) scrape times the latest rule evaluation read."""
         if policy is not None:
             self.ext = InProcessExtender(policy, lambda: self.now, self._victim_estimate)
             rules = policy.rules
             self.horizon = max(rules.estimation.window_s, rules.max_age_s)
             self.live = policy.document.metrics.source != "none"
             self.signals = [s for s in ("cpu", "memory") if s in rules.signals]
+            m = policy.document.metrics
+            self.pod_feed = self.live and (
+                m.prometheus.pods.enabled or m.metricsServer.pods.enabled
+            )
         self.estimates: dict[tuple[int, int, int], tuple[float, float]] = {}
         self.node_infos: list[NodeInfo] = []
         self.placed: deque[PlacedPod] = deque()
@@ -548,6 +564,11 @@ class Simulation:
         del self.on_node[i][pod.id]
         if self.ext is not None:
             self._node_changed(i)
+            if self.pod_feed:
+                est = self._estimate(tpl)
+                self.departures.append(
+                    Departure(pod.uid, self.names[i], self.now, pod.priority, est[0], est[1])
+                )
 
     def _depart(self, pod_id: int) -> None:
         pod = self.pods[pod_id]
@@ -626,6 +647,7 @@ class Simulation:
         with np.errstate(invalid="ignore", divide="ignore"):
             cpu = (busy_last - first_busy) / (t_last - first_t)
         self.rule_out = (cpu, mem_last.copy())
+        self.rule_span = (window[0][0], t_last)
 
     def _refresh(self) -> None:
         """The extender's periodic query: the latest rule output, stamped with the query time."""
@@ -645,8 +667,53 @@ class Simulation:
                 samples[self.names[i]] = per
         self.samples = samples
         self.samples_at = self.now
+        if self.pod_feed:
+            self.pod_usage = self._pod_usage()
         self.ext_dirty = True
         self._bump()
+
+    def _pod_usage(self) -> PodUsage | None:
+        """Every running pod's usage as the rule's latest evaluation shows it, stamped with the
+        query time (as the node samples are): cpu times the share of the rate window the pod
+        ran, memory once a scrape saw it; pods bound after the last scrape are not in it."""
+        if self.rule_span is None:
+            return None
+        first, last = self.rule_span
+        span = max(last - first, 1e-9)
+        uids: list[str] = []
+        nodes: list[str] = []
+        owners: list[str] = []
+        rows: list[tuple[int, float, float, float, float]] = []
+        for i in range(self.n_ready):
+            for p in self.on_node[i].values():
+                if p.bound_at >= last:
+                    continue
+                tpl = p.tpl
+                shown = min(max((last - max(p.bound_at, first)) / span, 0.0), 1.0)
+                tier = self.tiers[tpl.tier]
+                uids.append(p.uid)
+                nodes.append(self.names[i])
+                owners.append(owner_key("ReplicaSet", tier.namespace, tier.name))
+                rows.append(
+                    (
+                        p.priority,
+                        tpl.cpu_m / 1000,
+                        float(tpl.memory),
+                        tpl.cpu_use * shown,
+                        tpl.mem_use,
+                    )
+                )
+        arr = np.array(rows, dtype=np.float64).reshape(len(rows), 5).T
+        n = len(rows)
+        return PodUsage(
+            uids=tuple(uids),
+            nodes=tuple(nodes),
+            priority=arr[0].astype(np.int64),
+            requests=np.ascontiguousarray(arr[1:3]),
+            usage=np.ascontiguousarray(arr[3:5]),
+            sampled_at=np.full((2, n), self.now),
+            owners=tuple(owners),
+        )
 
     # --- the extender's view ---------------------------------------------------------------------
 
@@ -683,8 +750,18 @@ class Simulation:
             after = self.now - self.horizon
             while self.placed and self.placed[0].bound_at < after:
                 self.placed.popleft()
-            ext.publish(self.node_infos, list(self.placed), self.samples, self.samples_at)
+            while self.departures and self.departures[0].departed_at < after:
+                self.departures.popleft()
+            ext.publish(
+                self.node_infos,
+                list(self.placed),
+                self.samples,
+                self.samples_at,
+                pod_usage=self.pod_usage,
+                departures=tuple(self.departures),
+            )
             self.samples = None  # handed over; the store keeps them until the next refresh
+            self.pod_usage = None
             self.ext_dirty = False
         return ext
 

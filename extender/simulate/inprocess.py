@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import msgspec
 
 from extender.core import NodeInfo, PlacedPod, Sample
+from extender.core.podusage import Departure, PodUsage
 from extender.errors import SimulationError
 from extender.policy import LoadedPolicy
 from extender.store import SnapshotStore
@@ -107,12 +108,20 @@ class InProcessExtender:
         placements: Sequence[PlacedPod],
         samples: Mapping[str, Mapping[str, Sample]] | None,
         source_ok_at: float | None,
+        *,
+        pod_usage: PodUsage | None = None,
+        departures: Sequence[Departure] = (),
     ) -> None:
-        """Nodes and recent pods (the API cache), and the latest refresh of the live source
-        (None: no refresh yet, or ``metrics.source: none``), swapped in as the server would."""
+        """Nodes, recent pods and recent departures (the API cache), and the latest refresh of
+        the live source (None: no refresh yet, or ``metrics.source: none``) with its per-pod
+        usage, swapped in as the server would. The cluster goes in before the per-pod table:
+        deletions reach the cache at once, a refresh later, so the store still finds a departed
+        pod's measured usage in the table it had."""
         if samples is not None and source_ok_at is not None:
             self.store.set_samples(samples, source_ok_at)
-        self.store.set_cluster(nodes, placements)
+        self.store.set_cluster(nodes, placements, departures=departures)
+        if pod_usage is not None and source_ok_at is not None:
+            self.store.set_pod_usage(pod_usage, source_ok_at)
 
     # --- the verbs ---------------------------------------------------------------------------
 

@@ -29,19 +29,21 @@ and closes: a source never closes it.
 Per-pod sources (the issue "Per-pod usage": cAdvisor series from Prometheus, ``PodMetrics`` from
 metrics-server) fit the same shape: built from the same context, the same lifecycle, with
 :attr:`Source.produces` saying that they produce ``pods`` samples as well as (or instead of)
-``nodes`` samples. They will match pods to the cluster cache by namespace and name, which
-:class:`ClusterView` will offer then; nothing here needs to change for them but that method.
+``nodes`` samples. They match pods to the cluster cache by namespace and name with
+:meth:`ClusterView.match_pods` and build the store's per-pod table with
+:meth:`ClusterView.pod_usage` (``extender/sources/pods.py`` holds what they share).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Protocol, TypeVar, cast
 
 from prometheus_client import CollectorRegistry
 
+from extender.core.podusage import PodRefs, PodSamples, PodUsage
 from extender.policy.model import MetricsSettings
 from extender.store import SnapshotStore
 
@@ -76,6 +78,23 @@ class ClusterView(Protocol):
         """Call ``listener`` with the node address map now (if nodes are listed) and whenever it
         changes, from the cluster's background publisher (never on a request). Returns the
         function that stops the calls."""
+        ...
+
+    def match_pods(self, namespaces: Sequence[str], names: Sequence[str]) -> PodRefs:
+        """The cache slot of each pod named by ``namespaces[i]``/``names[i]`` among the bound,
+        non-terminal pods (-1 where there is none), with the slot's generation now."""
+        ...
+
+    def pod_usage(
+        self,
+        samples: tuple[PodSamples | None, PodSamples | None],
+        *,
+        oldest: float,
+        unknown: int = 0,
+    ) -> PodUsage:
+        """The per-pod table of (cpu, memory) samples matched earlier by :meth:`match_pods`,
+        against the pods bound now: samples older than ``oldest`` and samples of pods gone
+        since they were matched are left out; ``unknown`` is carried into the table."""
         ...
 
 

@@ -32,6 +32,11 @@ With the Kubernetes API cache, :func:`build` subscribes the source to the cache'
 (InternalIP, Hostname, ...), so series that carry only ``instance="10.0.3.7:9100"`` map to node
 names; the map is replaced in the background whenever a node's addresses change.
 
+Per-pod usage (``metrics.prometheus.pods``): two more queries, one per resource, whose answers
+(tens of megabytes at 150,000 pods) are decoded, checked, matched to the cluster cache and built
+into the store's per-pod table in a worker thread, never on the event loop (see
+``extender/sources/pods.py``, "Off the event loop"); they never fail the node signals.
+
 Nothing Prometheus (or whatever answers at its URL) sends is trusted in a log line: redirects are
 not followed (a 3xx fails the query as ``redirected``), and any text quoted from an answer is cut
 to :data:`LOGGED_TEXT_CHARS` with control characters escaped, so it cannot flood or forge lines.
@@ -46,20 +51,36 @@ import math
 import random
 import re
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 
 import aiohttp
 import msgspec
+import numpy as np
+import numpy.typing as npt
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from extender.core import Sample
+from extender.core.podusage import FloatArray
 from extender.errors import SourceError
 from extender.policy.model import PrometheusSource as PrometheusSettings
 from extender.sources.base import ClusterView, Produces, SourceContext
+from extender.sources.pods import (
+    Body,
+    CheckedPods,
+    PodUsageKeeper,
+    PodUsageMetrics,
+    array_pieces,
+    assemble,
+    check_pods,
+    pod_switch,
+    release,
+    split_array,
+)
 from extender.store import SnapshotStore
+from extender.wire.streams import read_at_most
 
 log = logging.getLogger(__name__)
 
@@ -255,7 +276,7 @@ def _short(text: object) -> str:
 
 
 def parse_vector(
-    body: bytes,
+    body: Body,
     *,
     node_label: str = "node",
     addresses: Mapping[str, str] | None = None,
@@ -266,6 +287,17 @@ def parse_vector(
     Raises :class:`PrometheusError` (``query_error`` or ``bad_response``) when the answer as a
     whole is unusable; a bad sample is only counted in :attr:`Vector.rejected`.
     """
+    result = _vector_result(body, "node")
+    try:
+        series = _vector_decoder(node_label).decode(result)
+    except msgspec.DecodeError as exc:
+        raise PrometheusError("bad_response", f"malformed vector: {exc}") from exc
+    return _check_vector(series, node_label, addresses, value_range)
+
+
+def _vector_result(body: Body, per: str) -> msgspec.Raw:
+    """The ``result`` of a success answer holding an instant vector, or :class:`PrometheusError`
+    (``per`` names what the query must return one series for, in the message)."""
     try:
         answer = _ANSWER.decode(body)
     except msgspec.DecodeError as exc:
@@ -286,13 +318,17 @@ def parse_vector(
         raise PrometheusError(
             "bad_response",
             f"the query returns a {_short(repr(answer.data.resultType))}, not an instant vector: "
-            "it must return one series per node",
+            f"it must return one series per {per}",
         )
-    try:
-        series = _vector_decoder(node_label).decode(answer.data.result)
-    except msgspec.DecodeError as exc:
-        raise PrometheusError("bad_response", f"malformed vector: {exc}") from exc
+    return answer.data.result
 
+
+def _check_vector(
+    series: list[Any],
+    node_label: str,
+    addresses: Mapping[str, str] | None,
+    value_range: tuple[float, float],
+) -> Vector:
     lo, hi = value_range
     slack = RANGE_SLACK * (hi - lo)
     lo_cut, hi_cut = lo - slack, hi + slack
@@ -360,6 +396,158 @@ def parse_vector(
         rejected["duplicate"] = rejected.get("duplicate", 0) + dropped
         examples.setdefault("duplicate", f"node {_short(name)} appears {extra + 1} times")
     return Vector(samples, len(series), rejected, unmapped, examples)
+
+
+# --- per-pod answers ------------------------------------------------------------------------------
+
+
+class _PodLabels(msgspec.Struct, gc=False):
+    namespace: str = ""
+    pod: str = ""
+
+
+class _NumberValue(msgspec.Struct, array_like=True, gc=False):
+    """``[1700000000.123, "0.42"]`` read as two floats (the text converted by msgspec itself
+    under ``strict=False``), so that no Python ``float()`` runs per pod."""
+
+    timestamp: float
+    value: float
+
+
+class _FastPodSeries(msgspec.Struct, gc=False):
+    metric: _PodLabels = msgspec.field(default_factory=_PodLabels)
+    value: _NumberValue = msgspec.field(default_factory=lambda: _NumberValue(0.0, 0.0))
+
+
+class _PodSeries(msgspec.Struct, gc=False):
+    metric: _PodLabels = msgspec.field(default_factory=_PodLabels)
+    value: _Value = msgspec.field(default_factory=lambda: _Value(0.0, ""))
+
+
+_FAST_PODS = msgspec.json.Decoder(list[_FastPodSeries], strict=False)
+_PODS = msgspec.json.Decoder(list[_PodSeries])
+
+
+@dataclass(slots=True)
+class PodVector:
+    """One decoded per-pod instant vector, as columns (unchecked: see
+    :func:`extender.sources.pods.check_pods`)."""
+
+    namespaces: list[str]
+    names: list[str]
+    values: FloatArray
+    timestamps: FloatArray
+    bad_value: npt.NDArray[np.bool_] | None = None
+    """Where the value text was not a number (its ``values`` entry is NaN); None: nowhere."""
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+
+def _number(text: str) -> float | None:
+    try:
+        return float(text)
+    except ValueError:
+        return None
+
+
+def _result_slot(hollow: bytes) -> bytes | None:
+    """What a success answer holding a vector has as its ``result`` (for :func:`split_array`)."""
+    try:
+        answer = _ANSWER.decode(hollow)
+    except msgspec.DecodeError:
+        return None
+    data = answer.data
+    if answer.status != "success" or data is None or data.resultType != "vector":
+        return None
+    return bytes(data.result)
+
+
+def parse_pod_vector(body: Body) -> PodVector:
+    """Decode a per-pod ``/api/v1/query`` answer (labels ``namespace`` and ``pod``) into columns.
+
+    The result array is decoded in pieces of :data:`~extender.sources.pods.CHUNK_BYTES` (see
+    :func:`~extender.sources.pods.split_array`), so that no single call holds the GIL for long
+    (this runs in a worker thread, next to the event loop); an answer that cannot be cut so, or
+    whose pieces do not decode, is decoded whole, which gives the same columns or the error.
+    The common answer, every value a plain number, is decoded with the values as floats in
+    one pass; one that msgspec cannot read so (``+Inf``, a value that is not a number) is
+    decoded again with the values as text and converted one by one, marking the bad ones.
+    Raises :class:`PrometheusError` when the answer as a whole is unusable.
+    """
+    spans = split_array(body, b'"result":', b'{"metric":', _result_slot)
+    if spans is not None:
+        try:
+            return _pod_columns(lambda: array_pieces(body, spans))
+        except msgspec.DecodeError:
+            pass  # decoded whole below: the same columns, or the right error
+    result = _vector_result(body, "pod")
+    try:
+        return _pod_columns(lambda: iter((result,)))
+    except msgspec.DecodeError as exc:
+        raise PrometheusError("bad_response", f"malformed vector: {exc}") from exc
+
+
+def _pod_columns(pieces: Callable[[], Iterator[Any]]) -> PodVector:
+    """The columns of the series in ``pieces()`` (JSON arrays), with the values as numbers, or
+    else as text; raises ``msgspec.DecodeError`` when a piece is not a list of series."""
+    namespaces: list[str] = []
+    names: list[str] = []
+    stamps: list[float] = []
+    try:
+        values: list[float] = []
+        for piece in pieces():
+            fast = _FAST_PODS.decode(piece)
+            namespaces += [s.metric.namespace for s in fast]
+            names += [s.metric.pod for s in fast]
+            values += [s.value.value for s in fast]
+            stamps += [s.value.timestamp for s in fast]
+        return PodVector(
+            namespaces=namespaces,
+            names=names,
+            values=np.array(values, dtype=np.float64),
+            timestamps=np.array(stamps, dtype=np.float64),
+        )
+    except msgspec.ValidationError:
+        pass
+    namespaces, names, stamps = [], [], []
+    numbers: list[float | None] = []
+    for piece in pieces():
+        slow = _PODS.decode(piece)
+        namespaces += [s.metric.namespace for s in slow]
+        names += [s.metric.pod for s in slow]
+        numbers += [_number(s.value.text) for s in slow]
+        stamps += [s.value.timestamp for s in slow]
+    n = len(numbers)
+    return PodVector(
+        namespaces=namespaces,
+        names=names,
+        values=np.fromiter(
+            (math.nan if v is None else v for v in numbers), dtype=np.float64, count=n
+        ),
+        timestamps=np.array(stamps, dtype=np.float64),
+        bad_value=np.fromiter((v is None for v in numbers), dtype=bool, count=n),
+    )
+
+
+def check_pod_answer(
+    body: Body | Sequence[bytes], cluster: ClusterView, *, resource: str, oldest: float
+) -> CheckedPods:
+    """Decode, check and match one per-pod answer (whole, or as the chunks it was read in):
+    what a refresh runs in its worker thread."""
+    vector = parse_pod_vector(body if isinstance(body, Body) else assemble(body))
+    checked = check_pods(
+        cluster,
+        vector.namespaces,
+        vector.names,
+        vector.values,
+        vector.timestamps,
+        resource=resource,
+        oldest=oldest,
+        bad_value=vector.bad_value,
+    )
+    release(vector.namespaces, vector.names)
+    return checked
 
 
 # --- metrics --------------------------------------------------------------------------------------
@@ -446,21 +634,28 @@ def _error_text(body: bytes) -> tuple[bool, str]:
     return ours, f"{kind}: {_short(answer.error or '(no message)')}"
 
 
-async def _read_capped(resp: aiohttp.ClientResponse, limit: int, *, cut: bool = False) -> bytes:
-    """Read the body chunk by chunk; past ``limit`` bytes raise ``too_large`` (or cut it)."""
+async def _read_chunks(resp: aiohttp.ClientResponse, limit: int) -> list[bytes]:
+    """Read a big body as its chunks, never joined here (see :func:`~extender.sources.pods.
+    assemble`, which joins them in the worker thread); past ``limit`` bytes raise
+    ``too_large``."""
     chunks: list[bytes] = []
     size = 0
     async for chunk in resp.content.iter_any():
         size += len(chunk)
         if size > limit:
-            if cut:
-                chunks.append(chunk[: len(chunk) - (size - limit)])
-                break
             raise PrometheusError(
                 "too_large", f"answer larger than maxResponseBytes ({limit} bytes)"
             )
         chunks.append(chunk)
-    return b"".join(chunks)
+    return chunks
+
+
+async def _read_capped(resp: aiohttp.ClientResponse, limit: int, *, cut: bool = False) -> bytes:
+    """Read the body chunk by chunk; past ``limit`` bytes raise ``too_large`` (or cut it)."""
+    body, over = await read_at_most(resp.content, limit)
+    if over and not cut:
+        raise PrometheusError("too_large", f"answer larger than maxResponseBytes ({limit} bytes)")
+    return body
 
 
 @dataclass(frozen=True, slots=True)
@@ -490,11 +685,20 @@ class PrometheusSource:
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         rand: Callable[[], float] = random.random,
         session: aiohttp.ClientSession | None = None,
+        pod_metrics: PodUsageMetrics | None = None,
     ) -> None:
         self.store = store
         self.metrics = (
             metrics if metrics is not None else PrometheusSourceMetrics(CollectorRegistry())
         )
+        self.produces = frozenset({"nodes"})
+        self.pods = PodUsageKeeper(
+            "prometheus",
+            pod_metrics if pod_metrics is not None else PodUsageMetrics(CollectorRegistry()),
+        )
+        """Per-pod usage (``metrics.prometheus.pods``): the last good answers, published after
+        every refresh while it is enabled and the source follows a cluster cache."""
+        self._cluster: ClusterView | None = None
         self.clock = clock
         self._sleep = sleep
         self._rand = rand
@@ -502,6 +706,7 @@ class PrometheusSource:
         self._own_session = session is None
         self._lock = asyncio.Lock()
         self._parse_turn = asyncio.Lock()
+        self._pod_turn = asyncio.Lock()
         self._addresses: dict[str, str] = {}
         self._unwatch: Callable[[], None] | None = None
         self._samples: dict[str, dict[str, Sample]] = {}
@@ -532,6 +737,7 @@ class PrometheusSource:
     def follow(self, cluster: ClusterView) -> None:
         """Take the address map from the cluster cache, now and whenever it changes, until
         :meth:`close`."""
+        self._cluster = cluster
         if self._unwatch is None:
             self._unwatch = cluster.watch_addresses(self.set_addresses)
 
@@ -596,16 +802,39 @@ class PrometheusSource:
         queries = dict(metrics_settings.signals)
         session = self._client()
         url = prom.url.rstrip("/") + QUERY_PATH
-        outcomes = await asyncio.gather(
-            *(
-                self._query(session, url, prom, signal, promql, startup)
-                for signal, promql in queries.items()
+        pods = pod_switch(metrics_settings, "prometheus")
+        pod_queries = pods.queries() if pods.enabled and self._cluster is not None else {}
+        if pods.enabled and self._cluster is None and not self._problems.get("pods:"):
+            log.warning(
+                "prometheus: per-pod usage is enabled but the extender runs without the "
+                "Kubernetes API cache, which pods are matched to: per-pod usage is off"
             )
+            self._problems["pods:"] = "no_cluster"
+        outcomes, pod_waits = await asyncio.gather(
+            asyncio.gather(
+                *(
+                    self._query(session, url, prom, signal, promql, startup)
+                    for signal, promql in queries.items()
+                )
+            ),
+            asyncio.gather(
+                *(
+                    self._pod_query(session, url, prom, resource, promql, pods.max_response_bytes)
+                    for resource, promql in pod_queries.items()
+                )
+            ),
         )
+        if pod_queries:
+            await self.pods.publish(
+                self.store, self._cluster, self.clock(), metrics_settings.maxAge
+            )
+        else:
+            self.pods.clear(self.store)
         waits = [o.retry_after for o in outcomes if o.retry_after is not None]
+        waits += [w for w in pod_waits if w is not None]
         self.retry_after = max(waits) if waits else None
         for state in (self._samples, self._problems, self.results):
-            for signal in [k for k in state if k not in queries]:
+            for signal in [k for k in state if k not in queries and not k.startswith("pods:")]:
                 del state[signal]  # no longer in the (reloaded) policy
         succeeded = False
         for signal, outcome in zip(queries, outcomes, strict=True):
@@ -642,6 +871,7 @@ class PrometheusSource:
         self.metrics.signal(signal)
         try:
             body = await self._fetch(session, url, promql, prom.timeout, prom.maxResponseBytes)
+            assert isinstance(body, bytes)  # not big=True
             # Answers tend to arrive together; parsed back to back they would hold the loop for
             # the sum of their parse times. One at a time, with a pause after each, a scheduling
             # request waits at most one parse (about 5 ms at 5,000 nodes).
@@ -668,9 +898,110 @@ class PrometheusSource:
             return _Outcome(None)
         return _Outcome(self._account(signal, promql, vector, prom.nodeLabel, startup))
 
+    async def _pod_query(
+        self,
+        session: aiohttp.ClientSession,
+        url: str,
+        prom: PrometheusSettings,
+        resource: str,
+        promql: str,
+        limit: int,
+    ) -> float | None:
+        """One per-pod query into :attr:`pods`; returns its Retry-After, if any. A failure here
+        is the per-pod table's alone: the node signals never wait on it or fail with it."""
+        cluster = self._cluster
+        assert cluster is not None  # only queried while following a cluster
+        key = "pods:" + resource
+        try:
+            chunks = await self._fetch(session, url, promql, prom.timeout, limit, big=True)
+            oldest = self.clock() - self.store.policy.document.metrics.maxAge
+            # In a worker thread, one answer at a time (two at once would only share the GIL
+            # and double the memory): see extender/sources/pods.py, "Off the event loop".
+            async with self._pod_turn:
+                checked = await asyncio.to_thread(
+                    check_pod_answer, chunks, cluster, resource=resource, oldest=oldest
+                )
+        except PrometheusError as exc:
+            self._pod_failed(key, resource, exc.result, str(exc), promql)
+            return exc.retry_after
+        except TimeoutError:
+            self._pod_failed(
+                key, resource, "timeout", f"no answer within {prom.timeout:g}s", promql
+            )
+            return None
+        except aiohttp.ClientError as exc:
+            self._pod_failed(
+                key, resource, "connection_error", f"{type(exc).__name__}: {exc}", promql
+            )
+            return None
+        except Exception as exc:
+            log.exception("prometheus: unexpected error querying per-pod %s", resource)
+            self._pod_failed(
+                key, resource, "internal_error", f"{type(exc).__name__}: {exc}", promql
+            )
+            return None
+        self.pods.accept(resource, checked, self.clock())
+        if checked.series == 0:
+            self._pod_failed(
+                key,
+                resource,
+                "empty",
+                "the query matches no series; is the pod-usage recording rule loaded "
+                "(config/prometheus-rules.yaml) and are the kubelets' cAdvisor endpoints scraped?",
+                promql,
+                counted=True,
+            )
+            return None
+        problem = ",".join(sorted(checked.rejected)) + (",unknown" if checked.unknown else "")
+        if problem != self._problems.get(key, ""):
+            if checked.rejected:
+                log.warning(
+                    "prometheus: per-pod %s: %d of %d samples unusable (%s); %d of no known pod"
+                    " (query: %s)",
+                    resource,
+                    sum(checked.rejected.values()),
+                    checked.series,
+                    ", ".join(f"{k}={n}" for k, n in sorted(checked.rejected.items())),
+                    checked.unknown,
+                    promql,
+                )
+            else:
+                log.info(
+                    "prometheus: per-pod %s: %d pods, %d samples of no known pod",
+                    resource,
+                    len(checked.samples),
+                    checked.unknown,
+                )
+        self._problems[key] = problem
+        return None
+
+    def _pod_failed(
+        self, key: str, resource: str, result: str, message: str, promql: str, counted: bool = False
+    ) -> None:
+        """Count a failed per-pod query (as ``failed``, or ``empty``); log a new kind once."""
+        if not counted:
+            self.pods.failed(resource)
+        if self._problems.get(key) != result:
+            log.warning(
+                "prometheus: per-pod %s query failed (%s), keeping its previous samples until "
+                "they go stale: %s (query: %s)",
+                resource,
+                result,
+                message,
+                promql,
+            )
+        self._problems[key] = result
+
     async def _fetch(
-        self, session: aiohttp.ClientSession, url: str, promql: str, timeout: float, limit: int
-    ) -> bytes:
+        self,
+        session: aiohttp.ClientSession,
+        url: str,
+        promql: str,
+        timeout: float,
+        limit: int,
+        *,
+        big: bool = False,
+    ) -> bytes | list[bytes]:
         # Never send ``time``: Prometheus evaluates at its own now, whatever our clock says.
         params = {"query": promql, "timeout": f"{timeout:g}"}
         # Redirects are not followed: the URL is the policy's, and a redirect (from a proxy, a
@@ -704,6 +1035,8 @@ class PrometheusSource:
                     f"answer of {resp.content_length} bytes is larger than maxResponseBytes "
                     f"({limit} bytes)",
                 )
+            if big:  # the chunks, joined in the worker thread
+                return await _read_chunks(resp, limit)
             return await _read_capped(resp, limit)
 
     def _account(
@@ -801,19 +1134,28 @@ class PrometheusSource:
 def build(context: SourceContext) -> PrometheusSource:
     """The ``prometheus`` source: metrics registered once per registry, and the instance
     address map from the cluster cache when there is one."""
-    source = PrometheusSource(context.store, context.collectors.get(PrometheusSourceMetrics))
+    source = PrometheusSource(
+        context.store,
+        context.collectors.get(PrometheusSourceMetrics),
+        pod_metrics=context.collectors.get(PodUsageMetrics),
+    )
     if context.cluster is not None:
         source.follow(context.cluster)
+        if pod_switch(context.settings, "prometheus").enabled:
+            source.produces = frozenset({"nodes", "pods"})
     return source
 
 
 __all__ = [
     "REASONS",
     "RESULTS",
+    "PodVector",
     "PrometheusError",
     "PrometheusSource",
     "PrometheusSourceMetrics",
     "Vector",
     "build",
+    "check_pod_answer",
+    "parse_pod_vector",
     "parse_vector",
 ]

@@ -5,11 +5,12 @@ evaluation already holds every array its explanation needs, and explanations are
 when asked for.
 
 What is kept of a pod is what explain shows and what the log is searched by: namespace, name,
-UID, priority, priority class, owner kinds, and its labels up to :data:`MAX_POD_LABEL_BYTES`
-(the rest dropped, with a :attr:`Decision.note` saying how many; the decision itself was taken
-on every label). Containers are not kept: their estimate is (``Evaluation.estimate``). Without
-this, 2,100 pods with 256 KiB of labels each (valid syntax: a Deployment copies its template's
-labels into every replica) held +750 MB for as long as they stayed in the log.
+UID, priority, priority class, owner kinds, controller owner key, preemption policy, and its
+labels up to :data:`MAX_POD_LABEL_BYTES` (the rest dropped, with a :attr:`Decision.note` saying
+how many; the decision itself was taken on every label). Containers are not kept: their
+estimate is (``Evaluation.estimate``). Without this, 2,100 pods with 256 KiB of labels each
+(valid syntax: a Deployment copies its template's labels into every replica) held +750 MB for
+as long as they stayed in the log.
 
 The log is bounded three ways, the oldest decisions dropped first:
 
@@ -101,6 +102,8 @@ def slim_pod(pod: PodInfo) -> tuple[PodInfo, str | None]:
             overhead_cpu=pod.overhead_cpu,
             overhead_memory=pod.overhead_memory,
             pinned_node=pod.pinned_node,
+            owner=pod.owner[: 3 * MAX_NAME_CHARS],
+            preemption_policy=pod.preemption_policy[:MAX_NAME_CHARS],
         ),
         note,
     )

@@ -38,6 +38,7 @@ from extender.core import (
     evaluate,
     pod_class,
 )
+from extender.core.decide import headroom_key
 from extender.core.model import IndexArray
 from extender.logs import bind_pod
 from extender.store import SnapshotStore, State
@@ -139,8 +140,8 @@ class Assessments:
         snap, rules = state.snapshot, state.policy.rules
         if state is not self._state:
             self._state, self._kept, self._seen = state, {}, set()
-        bypass, tier, estimate = pod_class(pod, rules)
-        key = (bypass, None if tier is None else tier.name, estimate)
+        bypass, tier, estimate = pod_class(pod, rules, snap)
+        key = (bypass, None if tier is None else tier.name, estimate, headroom_key(pod, tier, snap))
         got = self._kept.get(key)
         if got is not None and got.valid_from <= now < got.valid_until:
             return got

@@ -24,6 +24,7 @@ from extender.core import (
     QuantityError,
     parse_quantity,
 )
+from extender.core.podusage import owner_key
 from extender.errors import InputError
 
 
@@ -48,6 +49,8 @@ class _Container(msgspec.Struct):
 
 class _OwnerRef(msgspec.Struct):
     kind: str = ""
+    name: str = ""
+    controller: bool | None = None
 
 
 class _FieldRequirement(msgspec.Struct):
@@ -112,6 +115,7 @@ class _PodSpec(msgspec.Struct):
     priority: _Priority | None = None
     priorityClassName: str | None = None
     affinity: _Affinity | None = None
+    preemptionPolicy: str | None = None
 
 
 class _Pod(msgspec.Struct):
@@ -229,6 +233,14 @@ def _pinned_node(affinity: _Affinity | None) -> str:
     return req.values[0] if len(req.values) == 1 else ""
 
 
+def _owner(meta: _PodMeta) -> str:
+    """The pod's controller owner reference as ``owner_key`` spells it ("" without one)."""
+    for ref in meta.ownerReferences or ():
+        if ref.controller:
+            return owner_key(ref.kind, meta.namespace, ref.name)
+    return ""
+
+
 def decode_pod(raw: bytes | msgspec.Raw, where: str = "Pod") -> PodInfo:
     """A v1.Pod's decision fields; raises :class:`WireError` on a malformed pod."""
     if len(raw) > MAX_POD_BYTES:
@@ -254,6 +266,8 @@ def decode_pod(raw: bytes | msgspec.Raw, where: str = "Pod") -> PodInfo:
         labels=meta.labels or {},
         owner_kinds=tuple(o.kind for o in meta.ownerReferences or ()),
         pinned_node=_pinned_node(spec.affinity),
+        owner=_owner(meta),
+        preemption_policy=spec.preemptionPolicy or "PreemptLowerPriority",
         containers=tuple(
             _container(c, f"{where}.spec.containers[{i}]")
             for i, c in enumerate(spec.containers or ())
