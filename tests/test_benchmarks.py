@@ -30,3 +30,39 @@ def test_benchmark_suite_runs_quick(tmp_path):
         assert heading in text
     # every configured row was measured: 2 names sizes and 1 full size, 2 verbs, 2 concurrencies
     assert text.count("| filter |") + text.count("| prioritize |") == 12
+
+
+def test_the_floor_extender_answers_what_kube_scheduler_expects():
+    """benchmarks/floor_extender.py keeps every node (filter), scores each 0 (prioritize) and
+    agrees with every preemption candidate, on payloads captured from kube-scheduler."""
+    import json
+
+    from benchmarks.floor_extender import answer
+    from tests.builders import fixture_bytes
+
+    request = json.loads(fixture_bytes("filter-nodecache-true.json"))
+    kept = json.loads(answer(b"/filter", fixture_bytes("filter-nodecache-true.json")))
+    assert kept == {"NodeNames": request["NodeNames"], "FailedNodes": {}, "Error": ""}
+    body = fixture_bytes("prioritize-nodecache-true.json")
+    scores = json.loads(answer(b"/prioritize", body))
+    assert scores == [{"Host": n, "Score": 0} for n in json.loads(body)["NodeNames"]]
+    body = fixture_bytes("preempt-nodecache-true.json")
+    victims = json.loads(answer(b"/preempt", body))
+    assert victims["NodeNameToMetaVictims"] == json.loads(body)["NodeNameToMetaVictims"]
+
+
+def test_the_pod_usage_benchmark_runs_small(tmp_path):
+    out = tmp_path / "results.md"
+    out.write_text("# Benchmark results\n")
+    res = subprocess.run(
+        [
+            sys.executable,
+            "benchmarks/bench_pod_usage.py",
+            "--nodes", "50", "--pods", "2000", "--rounds", "2", "--out", str(out),
+        ],
+        cwd=ROOT, capture_output=True, text=True, timeout=300, check=False,
+    )  # fmt: skip
+    assert res.returncode == 0, res.stderr[-2000:]
+    text = out.read_text()
+    assert "<!-- pod-usage-benchmark:begin -->" in text
+    assert "refresh" in text
