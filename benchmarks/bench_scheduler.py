@@ -48,6 +48,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import math
 import os
 import platform
 import signal
@@ -74,6 +75,7 @@ from benchmarks.scheduler_bed import (
     PodUsage,
     UsageModel,
     cpu_seconds,
+    extender_histogram,
     histogram_delta,
     histogram_quantile,
     kubelet_paused,
@@ -207,6 +209,9 @@ class Run:
     attempts: int
     extender_cpu_s: float
     load1: float
+    handle_p50_ms: tuple[float, float] = (math.nan, math.nan)
+    """The extender's own p50 handling time of (filter, prioritize), body read to reply built
+    (its ``priority_extender_request_duration_seconds``); NaN in the other arms."""
 
     @property
     def rate(self) -> float:
@@ -265,6 +270,8 @@ def throughput_run(
     sched = cp.start_scheduler(cfg)
     before = cp.scheduler_metrics()
     algo_before = scheduler_histogram(cp, ALGORITHM)
+    verbs = ("filter", "prioritize")
+    own_before = [extender_histogram(ext.admin_url, v) for v in verbs]
     names = [f"{arm}-{pair}-{i:04d}" for i in range(pods)]
     manifests = [
         pod_manifest(n, sc.id, profile_name(cfg), priority_class=None, cpu="100m", memory="128Mi")
@@ -299,6 +306,10 @@ def throughput_run(
         )
         after = cp.scheduler_metrics()
         algo = histogram_delta(scheduler_histogram(cp, ALGORITHM), algo_before)
+        own = [
+            histogram_delta(extender_histogram(ext.admin_url, v), b)
+            for v, b in zip(verbs, own_before, strict=True)
+        ]
     finally:
         watch.stop()
         delete_pods(session, sc.namespace)
@@ -316,6 +327,11 @@ def throughput_run(
         int(after.duration_count - before.duration_count),
         cpu1 - cpu0,
         load1,
+        (
+            (1000.0 * histogram_quantile(0.5, own[0]), 1000.0 * histogram_quantile(0.5, own[1]))
+            if arm == "extender"
+            else (math.nan, math.nan)
+        ),
     )
 
 
@@ -614,6 +630,9 @@ def throughput_tables(t: Throughput) -> str:
         f"| {_median([r.cpu_ms_per_pod for r in stock]):.3f} (background) "
         f"| {_median([r.cpu_ms_per_pod for r in floor]):.3f} "
         f"| {_median([r.cpu_ms_per_pod for r in ext]):.3f} | | |",
+        f"| extender's own handling p50 ms (filter / prioritize) | | "
+        f"| {_median([r.handle_p50_ms[0] for r in ext]):.3f} / "
+        f"{_median([r.handle_p50_ms[1] for r in ext]):.3f} | | |",
         f"| extender RSS at the end | | | {t.rss / 2**20:.0f} MB | | |",
     ]
     return "\n".join(lines)
@@ -707,7 +726,10 @@ def report(
             "The floor arm puts `benchmarks/floor_extender.py` in the extender's place: the same "
             "HTTP/1.1 server as the extender's scheduler port, keeping every node with score 0 "
             "and deciding nothing, so floor / stock is what two extender calls a pod cost "
-            "kube-scheduler on this machine before any deciding (its CPU column is its own).",
+            "kube-scheduler on this machine before any deciding (its CPU column is its own). "
+            "The extender's own handling time (its request-duration histogram, body read to "
+            "reply built) against the algorithm time shows how much of a cycle is spent in "
+            "the extender and how much in getting there and back.",
             "",
             throughput_tables(t),
         ]

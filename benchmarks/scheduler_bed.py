@@ -308,6 +308,22 @@ def scheduler_histogram(cp: ControlPlane, family: str) -> list[tuple[float, floa
     return sorted(buckets.items())
 
 
+def extender_histogram(admin_url: str, verb: str) -> list[tuple[float, float]]:
+    """Cumulative ``(le, count)`` buckets of the extender's own handling time for ``verb``
+    (``priority_extender_request_duration_seconds``: body read to reply built)."""
+    status, body = http_get(admin_url + "/metrics")
+    if status != 200:
+        raise RuntimeError(f"extender /metrics: HTTP {status}: {body[:300]!r}")
+    buckets: dict[float, float] = {}
+    for fam in text_string_to_metric_families(body.decode()):
+        if fam.name == "priority_extender_request_duration_seconds":
+            for sample in fam.samples:
+                if sample.name.endswith("_bucket") and sample.labels.get("verb") == verb:
+                    le = float(sample.labels["le"])
+                    buckets[le] = buckets.get(le, 0.0) + sample.value
+    return sorted(buckets.items())
+
+
 def histogram_delta(
     after: list[tuple[float, float]], before: list[tuple[float, float]]
 ) -> list[tuple[float, float]]:

@@ -64,6 +64,7 @@ def test_quick_benchmark_binds_every_pod_and_prints_its_tables(
         "algorithm p50 ms",
         "algorithm p99 ms",
         "CPU ms/pod (extender; floor's own in the floor arm)",
+        "extender's own handling p50 ms (filter / prioritize)",
         "extender RSS at the end",
     ]
     assert re.fullmatch(r"\d+\.\d\d", medians[1][4]), medians[1]
