@@ -117,6 +117,7 @@ def test_every_walkthrough_command_prints_what_the_readme_shows(server):
 # table to paste. ``python -m tests.test_readme`` writes it into README.md.
 
 RESULTS = ROOT / "benchmarks" / "RESULTS.md"
+SOAK = ROOT / "benchmarks" / "SOAK.md"
 FIGURES_BEGIN = (
     "<!-- figures:begin (python -m tests.test_readme writes this from benchmarks/RESULTS.md) -->"
 )
@@ -151,8 +152,27 @@ def _span(values: list[float], fmt: str = "{:.1f}") -> str:
     return low if low == high else f"{low}–{high}"
 
 
-def figures_table(results: str) -> str:
-    """The README's figures, every one read from ``results`` (benchmarks/RESULTS.md)."""
+def soak_row(soak: str) -> tuple[str, str]:
+    """The soak's row, read from ``soak`` (benchmarks/SOAK.md, ``benchmarks.soak --out``)."""
+    run = re.search(r"^Soak: (.+?), ([\d,]+) calls$", soak, re.M)
+    verdict = re.search(
+        r"^RSS after warm-up ([\d.]+) MB, at the end ([\d.]+) MB \(([-+\d.]+%)\); "
+        r"p99 per window ([\d.]+)\.\.([\d.]+) ms$",
+        soak,
+        re.M,
+    )
+    assert run is not None, "SOAK.md: its summary line changed"
+    assert verdict is not None, "SOAK.md: its verdict line changed"
+    return (
+        f"soak (`benchmarks/SOAK.md`): {run[1]}, {run[2]} calls",
+        f"RSS {verdict[1]} MB after warm-up, {verdict[2]} MB at the end ({verdict[3]}); "
+        f"p99 per window {verdict[4]}–{verdict[5]} ms",
+    )
+
+
+def figures_table(results: str, soak: str | None = None) -> str:
+    """The README's figures, every one read from ``results`` (benchmarks/RESULTS.md) and
+    ``soak`` (benchmarks/SOAK.md)."""
     sec = _results_sections(results)
     names = _rows(sec["Names only (`nodeCacheCapable: true`)"])
     full = _rows(next(v for k, v in sec.items() if k.startswith("Full Node objects")))
@@ -220,6 +240,8 @@ def figures_table(results: str) -> str:
             f"stock {_span(share['stock'], '{:.0f}')}% per tier, with the extender {_span(share['extender'], '{:.0f}')}%",
         ),
     ]
+    if soak is not None:
+        rows.append(soak_row(soak))
     lines = ["| what | figure |", "|---|---|", *(f"| {what} | {figure} |" for what, figure in rows)]
     return "\n".join(lines) + "\n"
 
@@ -230,7 +252,7 @@ def _readme_figures(readme: str) -> str:
 
 
 def test_the_readme_figures_come_from_the_committed_results():
-    expected = figures_table(RESULTS.read_text())
+    expected = figures_table(RESULTS.read_text(), SOAK.read_text())
     readme = README.read_text()
     assert FIGURES_BEGIN in readme
     assert FIGURES_END in readme
@@ -255,6 +277,11 @@ if __name__ == "__main__":
     head, _, rest = text.partition(FIGURES_BEGIN + "\n")
     _, _, tail = rest.partition(FIGURES_END)
     README.write_text(
-        head + FIGURES_BEGIN + "\n" + figures_table(RESULTS.read_text()) + FIGURES_END + tail
+        head
+        + FIGURES_BEGIN
+        + "\n"
+        + figures_table(RESULTS.read_text(), SOAK.read_text())
+        + FIGURES_END
+        + tail
     )
     print(f"{README}: figures written from {RESULTS}")
