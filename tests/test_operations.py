@@ -466,3 +466,21 @@ def test_sigterm_drains_then_exits(tmp_path):
     messages = [line["msg"] for line in lines]
     assert "shutting down: draining for 30.0 s" in messages
     assert messages[-1] == "stopped"
+
+
+def test_the_decision_log_slims_a_repeated_pod_once_and_sizes_it_the_same():
+    """filter and prioritize decide the very same PodInfo: the log slims it once, and both
+    entries weigh what a fresh computation says."""
+    from extender.core import Candidates, evaluate
+    from extender.verbs.decisions import DecisionLog, entry_bytes
+    from tests.builders import pod, rules, snapshot
+
+    log = DecisionLog()
+    ext_pod = pod("web-1")
+    ev = evaluate(ext_pod, Candidates(["n1"]), snapshot({"n1": (0.2, 0.3)}), rules(), NOW)
+    log.add("filter", ev, NOW)
+    log.add("prioritize", ev, NOW + 1)
+    first, second = log.find(f"{ext_pod.namespace}/{ext_pod.name}")[::-1]
+    assert first.evaluation.pod is second.evaluation.pod
+    assert first.evaluation.pod.containers == ()
+    assert log.bytes == 2 * entry_bytes(first.evaluation)

@@ -186,3 +186,20 @@ def test_decode_skips_fields_it_does_not_need():
     raw["Pod"]["spec"]["somethingNew"] = {"a": 1}
     args = decode_args(msgspec.json.encode(raw))
     assert len(args.candidates.names) == 3
+
+
+def test_the_same_pod_bytes_are_decoded_once_and_other_bytes_afresh():
+    """filter then prioritize carry the same pod: the second decode is a byte comparison that
+    hands back the very same PodInfo; any other pod is decoded from its own bytes."""
+    from extender.wire import decode_args
+
+    body = fixture_bytes("filter-nodecache-true.json")
+    first = decode_args(body).pod
+    again = decode_args(body.replace(b'"NodeNames":[', b'"NodeNames": [', 1)).pod
+    assert again is first
+    other = json.loads(body)
+    other["Pod"]["metadata"]["name"] = "someone-else"
+    changed = decode_args(json.dumps(other).encode()).pod
+    assert changed.name == "someone-else"
+    assert changed is not first
+    assert decode_args(body).pod == first  # back to the first pod: decoded again, equal

@@ -109,19 +109,23 @@ def slim_pod(pod: PodInfo) -> tuple[PodInfo, str | None]:
     )
 
 
-def entry_bytes(evaluation: Evaluation) -> int:
-    """Estimated bytes an evaluation holds once its pod is slimmed: the arrays, the candidate
-    names (their characters plus the str overhead) and the pod's strings."""
-    names = evaluation.names
-    pod = evaluation.pod
+def pod_bytes(pod: PodInfo) -> int:
+    """Estimated bytes of a (slimmed) pod's strings."""
     pod_strings = [pod.namespace, pod.name, pod.uid, pod.priority_class_name, *pod.owner_kinds]
     pod_strings += [*pod.labels.keys(), *pod.labels.values()]
+    return sum(map(len, pod_strings)) + len(pod_strings) * STR_OVERHEAD
+
+
+def entry_bytes(evaluation: Evaluation, pod_size: int | None = None) -> int:
+    """Estimated bytes an evaluation holds once its pod is slimmed: the arrays, the candidate
+    names (their characters plus the str overhead) and the pod's strings (``pod_size``, when
+    :func:`pod_bytes` of it is known already)."""
+    names = evaluation.names
     return (
         ENTRY_OVERHEAD
         + len(names) * (ARRAY_BYTES_PER_CANDIDATE + STR_OVERHEAD)
         + sum(map(len, names))
-        + sum(map(len, pod_strings))
-        + len(pod_strings) * STR_OVERHEAD
+        + (pod_bytes(evaluation.pod) if pod_size is None else pod_size)
     )
 
 
@@ -140,6 +144,9 @@ class DecisionLog:
         self._candidates = 0
         self._bytes = 0
         self._lock = threading.Lock()
+        self._last_pod: tuple[PodInfo, PodInfo, str | None, int] | None = None
+        """The latest pod slimmed (the request's, the log's, the note, its bytes): filter
+        and prioritize decide the very same PodInfo (the wire decodes a repeated pod once)."""
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -154,9 +161,15 @@ class DecisionLog:
         return self._bytes
 
     def add(self, verb: str, evaluation: Evaluation, at: float) -> None:
-        pod, note = slim_pod(evaluation.pod)
+        last = self._last_pod
+        if last is not None and last[0] is evaluation.pod:
+            _, pod, note, pod_size = last
+        else:
+            pod, note = slim_pod(evaluation.pod)
+            pod_size = pod_bytes(pod)
+            self._last_pod = (evaluation.pod, pod, note, pod_size)
         evaluation = evaluation.with_pod(pod)
-        size = entry_bytes(evaluation)
+        size = entry_bytes(evaluation, pod_size)
         with self._lock:
             self._entries.append((Decision(at, verb, evaluation, note), size))
             self._candidates += len(evaluation.names)

@@ -303,12 +303,34 @@ def decode_envelope(body: bytes, decoder: msgspec.json.Decoder[T], what: str) ->
         raise WireError(f"invalid {what}: {TOO_DEEP}") from None
 
 
+class _LastPod:
+    """The latest pod decoded by :func:`pod_field` and its bytes. kube-scheduler sends the same
+    pod to filter and then to prioritize (and again to each retry): the second decode is a
+    byte comparison (a real pod's decode was a quarter of a names-only call). One entry,
+    replaced whole, so a reader in another thread sees one pair or the other; decoding is a
+    function of the bytes alone, so the memo cannot change an answer."""
+
+    __slots__ = ("entry",)
+
+    def __init__(self) -> None:
+        self.entry: tuple[bytes, PodInfo] | None = None
+
+
+_LAST_POD = _LastPod()
+
+
 def pod_field(upper: msgspec.Raw, lower: msgspec.Raw, what: str) -> PodInfo:
     """The pod of a request, from ``Pod`` or the lower-case ``pod``."""
     raw = upper if _present(upper) else lower
     if not _present(raw):
         raise WireError(f"invalid {what}: Pod is missing or null")
-    return decode_pod(raw)
+    key = bytes(raw)
+    last = _LAST_POD.entry
+    if last is not None and last[0] == key:
+        return last[1]
+    pod = decode_pod(raw)
+    _LAST_POD.entry = (key, pod)
+    return pod
 
 
 def check_candidates(count: int, what: str) -> None:
