@@ -11,6 +11,7 @@ That Prometheus also holds the node's node_exporter series, so node and pod samp
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 from typing import Any
@@ -96,7 +97,16 @@ def test_a_high_priority_pod_uses_preemptible_load_only_when_its_tier_says_so(
         left_out = sc.pod("production-1", "production", cpu="250m", memory="256Mi")
 
         # production: 0.9 - 0.5 of preemptible batch + 250m / 8 = 0.43 <= 0.85: it lands.
-        assert sc.wait_bound([left_out]) == {left_out: hot}
+        try:
+            bound = sc.wait_bound([left_out])
+        except AssertionError as exc:  # say what the extender saw (this failed once in ~6)
+            decisions = sc.s.ext.decisions(f"{sc.namespace}/{left_out}")
+            raise AssertionError(
+                f"{exc}\nthe extender's decisions for {left_out}: {json.dumps(decisions)[:4000]}"
+                f"\npods in the table: {_pod_table_size(sc)}\n{_pod_metrics(sc)}"
+                f"\nprometheus: {prometheus.query(cadvisor.POD_RULES[0])}"
+            ) from None
+        assert bound == {left_out: hot}
         # system-critical counts the batch load: 0.9 + 0.03 > 0.85, and nowhere else to go.
         ((reason, message),) = sc.wait_unschedulable([counted]).values()
         assert reason == "Unschedulable"
