@@ -21,6 +21,8 @@ from extender.simulate.workload import build_workload
 from extender.store import SnapshotStore
 from tests.builders import NOW, GiB, node, pod, rules, tier
 from tests.pod_builders import Row, table
+from tests.test_pod_visibility import POLICY
+from tests.test_simulate import PREEMPT
 
 LAG, WINDOW = 30.0, 150.0
 CRIT = pod("crit", priority=1000, cpu=0.4, memory=1 * GiB)  # 0.1 of n1's cpu
@@ -154,14 +156,6 @@ def test_without_per_pod_data_a_departure_changes_nothing():
     assert snap(None, departures=[dep]).departed[:, 0].tolist() == [0.0, 0.0]
 
 
-POLICY = """
-apiVersion: priority-extender.io/v1alpha1
-kind: PriorityPolicy
-metrics: {source: prometheus, maxAge: 60s}
-tiers: [{name: all}]
-"""
-
-
 def test_the_store_remembers_a_departed_pods_measured_usage_after_its_row_is_gone():
     now = [NOW]
     store = SnapshotStore(load_text(POLICY, "p.yaml"), clock=lambda: now[0])
@@ -179,32 +173,8 @@ def test_the_store_remembers_a_departed_pods_measured_usage_after_its_row_is_gon
 
 # --- the simulator run (extender/simulate): preemption evicts only what the preemptors need ---
 
-SCENARIO = """\
-apiVersion: priority-extender.io/v1alpha1
-kind: Scenario
-duration: 5m
-cluster:
-  nodes:
-  - {name: node, count: 6, cpu: 8, memory: 32Gi}
-background:
-  cpu: 0.05
-  memory: 0.1
-  nodes:
-    node-000: {cpu: 0.9}
-    node-001: {cpu: 0.9}
-tiers:
-- name: web
-  priority: 10000
-  requests: {cpu: 2, memory: 2Gi}
-  arrivals:
-  - {count: 6, at: 1m, over: 30s}
-- name: batch
-  priority: 0
-  requests: {cpu: 2, memory: 2Gi}
-  usage: {cpu: 0.1}
-  initial: 24
-"""
-"""The scenario of issue 14 (also in tests/test_simulate.py): full by requests, so each of the
+SCENARIO = PREEMPT
+"""The scenario of issue 14 (tests/test_simulate.py's, one copy): full by requests, so each of the
 6 web pods must preempt one 2-cpu batch pod; two nodes are hot from load no preemption frees."""
 
 

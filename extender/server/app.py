@@ -87,15 +87,9 @@ DEFAULT_OFFLOAD_BYTES = 128 << 10
 #: Over it, a request whose Content-Length would cross it gets a fast 503 before its body is
 #: read, and a streamed body that crosses it is cut with the same 503. Bytes are counted as
 #: they arrive (a caller that declares 100 MB and sends nothing holds nothing), and large or
-#: chunked bodies may fill it only up to :func:`small_headroom` short of the top, so that
-#: kube-scheduler's small names-only calls always fit while large bodies stream in.
+#: chunked bodies may fill it only up to :attr:`ServerSettings.small_headroom` short of the
+#: top, so that kube-scheduler's small names-only calls always fit while large bodies stream in.
 DEFAULT_MAX_BODY_BYTES_IN_FLIGHT = 256 << 20
-
-
-def small_headroom(settings: ServerSettings) -> int:
-    """Budget bytes only small requests (a declared length under ``offload_bytes``) may use:
-    one small body for every slot."""
-    return settings.max_inflight * settings.offload_bytes
 
 
 class SettingsError(ConfigError, ValueError):
@@ -159,12 +153,18 @@ class ServerSettings:
     """What the admin port takes from the cluster source (its API client, the PriorityClasses);
     set at start-up when the extender has one, not a flag."""
 
+    @property
+    def small_headroom(self) -> int:
+        """Budget bytes only small requests (a declared length under ``offload_bytes``) may
+        use: one small body for every slot."""
+        return self.max_inflight * self.offload_bytes
+
     def __post_init__(self) -> None:
-        if self.max_body_bytes_in_flight < self.max_request_bytes + small_headroom(self):
+        if self.max_body_bytes_in_flight < self.max_request_bytes + self.small_headroom:
             raise SettingsError(
                 f"max_body_bytes_in_flight ({self.max_body_bytes_in_flight}) is below "
                 f"max_request_bytes ({self.max_request_bytes}) plus the headroom kept for small "
-                f"requests (max_inflight x offload_bytes = {small_headroom(self)}): a request "
+                f"requests (max_inflight x offload_bytes = {self.small_headroom}): a request "
                 "of the largest accepted size could never be admitted"
             )
         if not self.body_timeout > 0 or not self.idle_timeout > 0 or not self.body_min_rate > 0:

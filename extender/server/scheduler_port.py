@@ -126,7 +126,7 @@ class SchedulerPort:
         s = self.ext.settings
         if declared is not None and declared < s.offload_bytes:
             return s.max_body_bytes_in_flight
-        return s.max_body_bytes_in_flight - s.max_inflight * s.offload_bytes
+        return s.max_body_bytes_in_flight - s.small_headroom
 
     # --- lifecycle ---------------------------------------------------------------------------
 
