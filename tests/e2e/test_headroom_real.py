@@ -60,6 +60,27 @@ def _pod_metrics(sc: Scenario) -> str:
     return "\n".join(line for line in lines if line.startswith("priority_extender_pod_usage"))
 
 
+def _cpu_refreshes(sc: Scenario) -> tuple[float, float]:
+    """(per-pod cpu answers read ok, cpu samples that matched no pod) so far."""
+    status, body = http_get(sc.s.ext.admin_url + "/metrics")
+    assert status == 200, status
+
+    def value(name: str, labels: str) -> float:
+        found = re.search(rb"%s\{%s\} ([0-9.e+]+)" % (name.encode(), labels.encode()), body)
+        return float(found.group(1)) if found else -1.0
+
+    return (
+        value(
+            "priority_extender_pod_usage_queries_total",
+            'resource="cpu",result="ok",source="prometheus"',
+        ),
+        value(
+            "priority_extender_pod_usage_unknown_samples_total",
+            'resource="cpu",source="prometheus"',
+        ),
+    )
+
+
 def _pod_table_size(sc: Scenario) -> float:
     status, body = http_get(sc.s.ext.admin_url + "/metrics")
     assert status == 200, status
@@ -91,6 +112,23 @@ def test_a_high_priority_pod_uses_preemptible_load_only_when_its_tier_says_so(
                 + f"\nprometheus: {prometheus.query(cadvisor.POD_RULES[0])}"
                 + f"\npods: {sc.describe(batch)}"
             ),
+            60.0,
+        )
+        # A table of the 4 pods may hold only their memory: a cpu answer read before the cache
+        # listed them matched none (counted unknown), and kube-scheduler does not retry a pod
+        # the extender rejected for 5 minutes. Wait for a cpu answer that matched all of them.
+        seen = [_cpu_refreshes(sc)]
+
+        def cpu_matched() -> bool:
+            now = _cpu_refreshes(sc)
+            ok = now[0] > seen[-1][0] and now[1] == seen[-1][1]
+            seen.append(now)
+            return ok
+
+        kube.wait_for(
+            "a per-pod cpu answer that matched every batch pod",
+            cpu_matched,
+            lambda: f"(cpu answers ok, unknown cpu samples) over time: {seen[-5:]}",
             60.0,
         )
         counted = sc.pod("critical-1", "critical", cpu="250m", memory="256Mi")
