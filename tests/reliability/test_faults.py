@@ -191,6 +191,7 @@ async def test_no_torn_reads_while_snapshots_and_policies_swap():
     async with running(policy_low, SETTINGS, CollectorRegistry()) as state:
         store = state.extender.store
         stop = threading.Event()
+        swapped = threading.Event()  # until the first swap, the store holds the demo world
 
         def swapper() -> None:
             rng = random.Random(1)
@@ -203,10 +204,12 @@ async def test_no_torn_reads_while_snapshots_and_policies_swap():
                 }
                 store.set_policy(policy_low if hot else policy_high)
                 store.set_static(nodes, samples, now)
+                swapped.set()
 
         thread = threading.Thread(target=swapper)
         thread.start()
         try:
+            assert await asyncio.to_thread(swapped.wait, HANG_S)
             seen = set()
             async with aiohttp.ClientSession() as s:
                 for _ in range(200):
