@@ -529,12 +529,15 @@ def evaluate(
     rules: Rules,
     now: float,
     whole: Assessment | None = None,
+    keep_pod: PodInfo | None = None,
 ) -> Evaluation:
     """Decide every candidate for ``pod`` against ``snap`` under ``rules`` at time ``now``.
 
     ``whole``, an :func:`assess_all` of the same pod kind, snapshot and rules valid at ``now``,
     is gathered instead of computing again; it is ignored when the request brings its own
-    allocatable (full Node objects) or frees usage (preemption).
+    allocatable (full Node objects) or frees usage (preemption). ``keep_pod`` is the pod the
+    evaluation holds, when not ``pod`` itself (the decision log's slimmed copy of it, so that
+    the evaluation is not copied again to swap it in).
     """
     cols = candidates.columns if candidates.columns is not None else snap.lookup(candidates.names)
     # NaN marks missing data throughout; the arithmetic on it is expected, not an error.
@@ -548,7 +551,8 @@ def evaluate(
             part = whole.take(np.where(cols < 0, len(snap.names), cols), cols)
         else:
             part = _assess(pod, cols, snap, rules, now, candidates.allocatable, candidates.freed)
-        return _finish(pod, candidates, part, rules, now, snap.signals)
+        held = pod if keep_pod is None else keep_pod
+        return _finish(held, candidates, part, rules, now, snap.signals)
 
 
 def _validity(

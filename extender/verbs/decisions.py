@@ -60,6 +60,19 @@ ENTRY_OVERHEAD = 4096
 
 
 @dataclass(frozen=True, slots=True)
+class Slim:
+    """What the log keeps of one request's pod (:func:`slim_pod`), made once per pod."""
+
+    source: PodInfo
+    """The request's pod."""
+    pod: PodInfo
+    """The slimmed copy the log keeps."""
+    note: str | None
+    size: int
+    """:func:`pod_bytes` of ``pod``."""
+
+
+@dataclass(frozen=True, slots=True)
 class Decision:
     at: float
     verb: str
@@ -144,9 +157,9 @@ class DecisionLog:
         self._candidates = 0
         self._bytes = 0
         self._lock = threading.Lock()
-        self._last_pod: tuple[PodInfo, PodInfo, str | None, int] | None = None
-        """The latest pod slimmed (the request's, the log's, the note, its bytes): filter
-        and prioritize decide the very same PodInfo (the wire decodes a repeated pod once)."""
+        self._last: Slim | None = None
+        """The latest pod slimmed: filter and prioritize decide the very same PodInfo (the
+        wire decodes a repeated pod once)."""
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -160,16 +173,25 @@ class DecisionLog:
         """Estimated bytes held (:func:`entry_bytes` summed), at most :attr:`max_bytes`."""
         return self._bytes
 
-    def add(self, verb: str, evaluation: Evaluation, at: float) -> None:
-        last = self._last_pod
-        if last is not None and last[0] is evaluation.pod:
-            _, pod, note, pod_size = last
-        else:
-            pod, note = slim_pod(evaluation.pod)
-            pod_size = pod_bytes(pod)
-            self._last_pod = (evaluation.pod, pod, note, pod_size)
-        evaluation = evaluation.with_pod(pod)
-        size = entry_bytes(evaluation, pod_size)
+    def slim(self, pod: PodInfo) -> Slim:
+        """What the log keeps of ``pod``; the same object for the same pod twice in a row.
+        Decide with ``keep_pod=slim.pod`` and hand it to :meth:`add`, and the evaluation is
+        logged as it is."""
+        last = self._last
+        if last is not None and last.source is pod:
+            return last
+        kept, note = slim_pod(pod)
+        got = Slim(pod, kept, note, pod_bytes(kept))
+        self._last = got
+        return got
+
+    def add(self, verb: str, evaluation: Evaluation, at: float, slim: Slim | None = None) -> None:
+        """Log a decision; its pod is slimmed unless it is ``slim``'s slimmed pod already."""
+        if slim is None or evaluation.pod is not slim.pod:
+            slim = self.slim(evaluation.pod)
+            evaluation = evaluation.with_pod(slim.pod)
+        size = entry_bytes(evaluation, slim.size)
+        note = slim.note
         with self._lock:
             self._entries.append((Decision(at, verb, evaluation, note), size))
             self._candidates += len(evaluation.names)

@@ -27,6 +27,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol, TypeVar
 
+import numpy as np
+
 from extender.core import (
     Assessment,
     Candidates,
@@ -55,6 +57,7 @@ from extender.wire import (
     encode_filter_pass_all,
     encode_preempt,
     encode_priorities,
+    remember_names,
 )
 from extender.wire.names import kept_names_json, names_filter_reply, names_priorities_reply
 
@@ -157,14 +160,19 @@ class Assessments:
 
 @dataclass(frozen=True, slots=True)
 class _LastFilter:
-    """What the latest names-only filter call answered, for the prioritize call that follows."""
+    """What the latest names-only filter call answered, for the prioritize call that follows:
+    kube-scheduler sends it the same pod and exactly the names filter kept, in that order."""
 
     state: State
-    uid: str
+    pod: PodInfo
+    """The very PodInfo decided (the wire hands back the same object for the same bytes)."""
     names_json: bytes
     """The kept names as the reply's NodeNames array."""
     columns: IndexArray
     """Their snapshot columns, in the same order."""
+    whole: Assessment | None
+    """The whole-snapshot assessment filter gathered from, if any: prioritize gathers from it
+    too while it is valid, instead of finding it again by the pod's kind."""
 
 
 class Verbs:
@@ -239,31 +247,37 @@ class Verbs:
             )
             return Reply(200, fail_open(args), "fail_open", pod)
 
-    def _decide(self, verb: str, args: FilterArgs) -> tuple[State, Evaluation]:
+    def _decide(
+        self, verb: str, args: FilterArgs
+    ) -> tuple[State, Evaluation, Assessment | None]:
         state = self.store.current
         now = self.clock()
         snap, rules = state.snapshot, state.policy.rules
         whole = None
         candidates = args.candidates
         if args.full_nodes is None:  # names only: the snapshot's columns are the nodes
-            whole = self._assessments.get(state, args.pod, len(candidates.names), now)
             last = self._last_filter
-            # kube-scheduler sends prioritize exactly the names filter kept, in that order:
-            # their columns are known already (a byte comparison instead of a lookup).
+            # The prioritize call for the pod filter just judged, on the same state: the
+            # columns are known already (a byte comparison instead of a lookup), and so is
+            # the assessment to gather from while it stays valid.
             if (
                 verb == "prioritize"
                 and last is not None
                 and last.state is state
-                and last.uid == args.pod.uid
+                and last.pod is args.pod
                 and last.names_json == args.names_json
             ):
                 candidates = Candidates(candidates.names, columns=last.columns)
-        evaluation = evaluate(args.pod, candidates, snap, rules, now, whole)
-        self.decisions.add(verb, evaluation, now)
-        return state, evaluation
+                whole = last.whole
+            if whole is None or not whole.valid_from <= now < whole.valid_until:
+                whole = self._assessments.get(state, args.pod, len(candidates.names), now)
+        slim = self.decisions.slim(args.pod)
+        evaluation = evaluate(args.pod, candidates, snap, rules, now, whole, keep_pod=slim.pod)
+        self.decisions.add(verb, evaluation, now, slim)
+        return state, evaluation, whole
 
     def _filter(self, args: FilterArgs) -> bytes:
-        state, evaluation = self._decide("filter", args)
+        state, evaluation, whole = self._decide("filter", args)
         self.observer.observe_filter(evaluation)
         tier = evaluation.tier
         if tier is not None and evaluation.floor_applied():
@@ -287,13 +301,16 @@ class Verbs:
             )
         if args.full_nodes is None:
             kept = kept_names_json(evaluation, state.names)
-            columns = evaluation.columns[evaluation.keep]
-            self._last_filter = _LastFilter(state, args.pod.uid, kept, columns)
+            positions = np.flatnonzero(evaluation.keep)
+            columns = evaluation.columns[positions]
+            self._last_filter = _LastFilter(state, args.pod, kept, columns, whole)
+            names = evaluation.names
+            remember_names(kept, [names[i] for i in positions.tolist()])
             return names_filter_reply(evaluation, state.names, kept)
         return encode_filter(args, evaluation)
 
     def _prioritize(self, args: FilterArgs) -> bytes:
-        state, evaluation = self._decide("prioritize", args)
+        state, evaluation, _ = self._decide("prioritize", args)
         self.observer.observe_scores(evaluation)
         names = args.candidates.names
         return names_priorities_reply(evaluation.columns, names, evaluation.scores, state.names)

@@ -11,6 +11,7 @@ from extender.wire.codec import (
     encode_filter_pass_all,
     encode_filter_result,
     encode_priorities,
+    remember_names,
 )
 from extender.wire.preempt import PreemptArgs, VictimLookup, decode_preempt, encode_preempt
 
@@ -29,4 +30,5 @@ __all__ = [
     "encode_filter_result",
     "encode_preempt",
     "encode_priorities",
+    "remember_names",
 ]

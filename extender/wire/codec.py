@@ -183,7 +183,27 @@ def _qty(value: str | int | float | None, where: str) -> float | None:
         raise WireError(f"{where}: {exc}") from None
 
 
-def _container(raw: msgspec.Raw, where: str) -> ContainerResources:
+#: Containers decoded, by their bytes: the replicas of a workload (a backlog is mostly those)
+#: carry the very same container specs, so the decode and the quantity parsing run once per
+#: spec. Decoding is a function of the bytes alone; the memo is emptied when it fills.
+CONTAINERS_KEPT = 256
+_containers: dict[bytes, ContainerResources] = {}
+
+
+def _container(raw: msgspec.Raw, where: str, field: str, i: int) -> ContainerResources:
+    """Container ``i`` of ``where``'s ``spec.<field>`` (the path is built only for an error)."""
+    key = bytes(raw)
+    got = _containers.get(key)
+    if got is not None:
+        return got
+    got = _decode_container(raw, f"{where}.spec.{field}[{i}]")
+    if len(_containers) >= CONTAINERS_KEPT:
+        _containers.clear()
+    _containers[key] = got
+    return got
+
+
+def _decode_container(raw: msgspec.Raw, where: str) -> ContainerResources:
     try:
         c = _container_decoder.decode(raw)
     except msgspec.DecodeError as exc:
@@ -269,12 +289,13 @@ def decode_pod(raw: bytes | msgspec.Raw, where: str = "Pod") -> PodInfo:
         owner=_owner(meta),
         preemption_policy=spec.preemptionPolicy or "PreemptLowerPriority",
         containers=tuple(
-            _container(c, f"{where}.spec.containers[{i}]")
-            for i, c in enumerate(spec.containers or ())
+            [_container(c, where, "containers", i) for i, c in enumerate(spec.containers or ())]
         ),
         init_containers=tuple(
-            _container(c, f"{where}.spec.initContainers[{i}]")
-            for i, c in enumerate(spec.initContainers or ())
+            [
+                _container(c, where, "initContainers", i)
+                for i, c in enumerate(spec.initContainers or ())
+            ]
         ),
         overhead_cpu=_qty(overhead.get("cpu"), f"{where}.spec.overhead.cpu") or 0.0,
         overhead_memory=_qty(overhead.get("memory"), f"{where}.spec.overhead.memory") or 0.0,
@@ -342,10 +363,34 @@ def check_candidates(count: int, what: str) -> None:
         )
 
 
+class _LastNames:
+    """The names of the latest NodeNames array decoded, or of the one a filter reply just
+    sent (:func:`remember_names`): kube-scheduler sends prioritize exactly the names filter
+    kept, so that decode is a byte comparison. One entry, replaced whole; the list is never
+    mutated by anyone who reads it."""
+
+    __slots__ = ("entry",)
+
+    def __init__(self) -> None:
+        self.entry: tuple[bytes, list[str]] | None = None
+
+
+_LAST_NAMES = _LastNames()
+
+
+def remember_names(raw: bytes, names: list[str]) -> None:
+    """``raw`` is the JSON array of ``names`` (the caller encoded it from them): the next
+    request whose NodeNames is ``raw`` takes ``names`` instead of decoding it again."""
+    _LAST_NAMES.entry = (raw, names)
+
+
 def _names(raw: msgspec.Raw, key: str) -> list[str] | None:
     """A names-only candidate list, its size checked before it is decoded; None if absent."""
     if not _present(raw):
         return None
+    last = _LAST_NAMES.entry
+    if last is not None and len(last[0]) == len(raw) and last[0] == bytes(raw):
+        return last[1]
     if len(raw) > MAX_NAMES_BYTES:
         raise WireError(
             f"invalid ExtenderArgs: {key} is {len(raw)} bytes; at most {MAX_NAMES_BYTES} "
@@ -362,6 +407,7 @@ def _names(raw: msgspec.Raw, key: str) -> list[str] | None:
     if names is None:
         return None
     check_candidates(len(names), key)
+    _LAST_NAMES.entry = (bytes(raw), names)
     return names
 
 
