@@ -275,12 +275,14 @@ async def test_state_metrics_at_scrape_time(scheduler_client, aiohttp_client):
     ext = await make_extender()
     sched = await scheduler_client(ext)
     admin = await aiohttp_client(ext.admin_app())
-    await sched.post(
+    reply = await sched.post(
         "/prioritize",
         data=fixture_bytes("prioritize-nodecache-true-20nodes.json"),
         headers={"Content-Type": "application/json"},
     )
+    given = sum(p["Score"] for p in await reply.json())
     text = await (await admin.get("/metrics")).text()
+    assert f'priority_extender_scores_sum{{tier="batch"}} {float(given)}' in text
     assert "priority_extender_source_age_seconds 0.0" in text
     assert 'priority_extender_nodes{data="fresh"} 19.0' in text
     assert 'priority_extender_nodes{data="missing"} 1.0' in text

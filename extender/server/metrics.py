@@ -78,21 +78,27 @@ RELOAD_RESULTS = ("success", "error", "unchanged")
 
 @dataclass
 class ScoreCounts:
-    """Scores given, per tier, as histogram buckets kept in numpy (one add per request)."""
+    """Scores given, per tier, as histogram buckets kept in numpy (one bincount per request;
+    the sum is read off the buckets when scraped, since every score is a whole bucket)."""
 
     counts: dict[str, npt.NDArray[np.int64]] = field(default_factory=dict)
-    sums: dict[str, int] = field(default_factory=dict)
 
     def add(self, tier: str, scores: npt.NDArray[np.int64]) -> None:
         if not len(scores):
             return
-        bins = np.bincount(scores, minlength=MAX_SCORE + 1)[: MAX_SCORE + 1]
-        if tier in self.counts:
-            self.counts[tier] += bins
-            self.sums[tier] += int(scores.sum())
+        bins = np.bincount(scores, minlength=MAX_SCORE + 1)
+        got = self.counts.get(tier)
+        if got is None:
+            self.counts[tier] = bins[: MAX_SCORE + 1].astype(np.int64)
         else:
-            self.counts[tier] = bins.astype(np.int64)
-            self.sums[tier] = int(scores.sum())
+            got += bins[: MAX_SCORE + 1]
+
+    def total(self, tier: str) -> int:
+        """The sum of every score given to ``tier``."""
+        return int(self.counts[tier] @ _SCORE_VALUES)
+
+
+_SCORE_VALUES = np.arange(MAX_SCORE + 1, dtype=np.int64)
 
 
 class StateCollector(Collector):
@@ -187,7 +193,7 @@ class StateCollector(Collector):
             cumulative = np.cumsum(counts).tolist()
             buckets = [(str(float(s)), float(c)) for s, c in enumerate(cumulative)]
             buckets.append(("+Inf", float(cumulative[-1])))
-            hist.add_metric([tier], buckets, float(self.scores.sums[tier]))
+            hist.add_metric([tier], buckets, float(self.scores.total(tier)))
         yield hist
 
 
@@ -293,17 +299,19 @@ class Metrics:
         self.registry.register(StateCollector(store, self.scores, sizes, clock, waiting))
 
     def observe_filter(self, evaluation: Evaluation) -> None:
-        if evaluation.tier is None or evaluation.verdict_keep.all():
+        keep = evaluation.verdict_keep
+        if evaluation.tier is None or keep.all():
             return
         tier = evaluation.tier.name
-        if evaluation.floor_applied():
+        # Rejected nodes carry a reason code: -1 stale, positive for live load (0 is kept).
+        codes = evaluation.reason_codes[~keep]
+        stale = int(np.count_nonzero(codes == -1))
+        live = len(codes) - stale
+        if len(codes) == len(keep):
+            if not evaluation.observed:
+                self.all_rejected.labels(tier).inc()
+        elif evaluation.floor_applied():
             self.floor_applied.labels(tier).inc()
-        elif evaluation.rejected_everywhere() and not evaluation.observed:
-            self.all_rejected.labels(tier).inc()
-        rejected = ~evaluation.verdict_keep
-        codes = evaluation.reason_codes
-        stale = int(np.count_nonzero(rejected & (codes == -1)))
-        live = int(np.count_nonzero(rejected & (codes > 0)))
         counter = self.observed_rejections if evaluation.observed else self.rejections
         if live:
             counter.labels("live_load", tier).inc(live)
