@@ -1,7 +1,8 @@
 """The floor extender: the least a scheduler extender can do and still answer kube-scheduler.
 
 It speaks the same HTTP/1.1 as the extender's scheduler port (httptools on an asyncio
-``Protocol``, one write per answer) and does no deciding: filter keeps every node it is sent
+``Protocol``, one write per answer, on uvloop where it is installed, as the extender's
+``--event-loop auto``) and does no deciding: filter keeps every node it is sent
 (the ``NodeNames`` bytes echoed), prioritize gives each a score of 0, preempt agrees with every
 candidate. Put in kube-scheduler's path in place of the extender (``bench_scheduler.py``'s
 ``floor`` arm), it measures what two extender calls per pod cost the scheduler on this machine
@@ -15,6 +16,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import sys
+from collections.abc import Callable
+from typing import cast
 
 import httptools
 import msgspec
@@ -58,8 +61,8 @@ class _Conn(asyncio.Protocol):
         self.chunks: list[bytes] = []
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        # A stream transport (uvloop's is not registered as an asyncio.Transport subclass).
+        self.transport = cast(asyncio.Transport, transport)
 
     def data_received(self, data: bytes) -> None:
         try:
@@ -100,6 +103,17 @@ async def serve(port: int) -> None:
     await server.serve_forever()
 
 
+def loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """The event loop the extender serves on by default (``--event-loop auto``): uvloop where
+    it is installed, so that the floor pays for its I/O what the extender pays."""
+    try:
+        import uvloop
+    except ImportError:
+        return None
+    factory: Callable[[], asyncio.AbstractEventLoop] = uvloop.new_event_loop
+    return factory
+
+
 if __name__ == "__main__":
-    with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(serve(int(sys.argv[1]) if len(sys.argv) > 1 else 0))
+    with contextlib.suppress(KeyboardInterrupt), asyncio.Runner(loop_factory=loop_factory()) as r:
+        r.run(serve(int(sys.argv[1]) if len(sys.argv) > 1 else 0))

@@ -10,13 +10,15 @@ import argparse
 import json
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from extender import __version__
 
 if TYPE_CHECKING:
+    import asyncio
+
     from extender.policy import LoadedPolicy, PolicyError
     from extender.server.app import ServerSettings
     from extender.server.tls import TLSFiles
@@ -203,11 +205,29 @@ def _serve(ns: argparse.Namespace) -> int:
         return 1
     policy_path = Path(options.policy) if options.policy else None
     try:
-        asyncio.run(serve(policy, settings, policy_path, state_dir, cluster))
+        with asyncio.Runner(loop_factory=event_loop_factory(options.event_loop)) as runner:
+            runner.run(serve(policy, settings, policy_path, state_dir, cluster))
     except (OSError, TLSConfigError, ClusterConfigError, SettingsError) as exc:
         print(f"error: cannot start: {_start_problem(exc, settings)}", file=sys.stderr)
         return 1
     return 0
+
+
+def event_loop_factory(choice: str) -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """The event loop ``serve`` runs on: uvloop (``auto`` where it imports), or asyncio's own
+    (None: the default). ``uvloop`` asked for and not installed is one ``error:`` line."""
+    if choice == "asyncio":
+        return None
+    try:
+        import uvloop
+    except ImportError:
+        if choice == "uvloop":
+            raise SystemExit(
+                "error: --event-loop uvloop: uvloop is not installed (pip install uvloop)"
+            ) from None
+        return None
+    factory: Callable[[], asyncio.AbstractEventLoop] = uvloop.new_event_loop
+    return factory
 
 
 def _start_problem(exc: BaseException, settings: ServerSettings) -> str:

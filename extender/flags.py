@@ -37,6 +37,7 @@ ENV_PREFIX = "PRIORITY_EXTENDER_"
 
 LogLevel = Literal["debug", "info", "warning", "error"]
 LogFormat = Literal["auto", "json", "text"]
+EventLoop = Literal["auto", "uvloop", "asyncio"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,6 +51,10 @@ class ServeOptions:
     """Least severe log level written."""
     log_format: LogFormat = "auto"
     """auto: text on a terminal, JSON lines otherwise (a Deployment's logs)."""
+    event_loop: EventLoop = "auto"
+    """auto: uvloop where it is installed (it is a dependency on Linux and macOS), asyncio's
+    own loop otherwise. uvloop takes about a fifth off the CPU of each scheduling call; asyncio
+    is the fallback if a problem is ever traced to it."""
     state_dir: str | None = None
     """Keep the last policy that loaded here, and start from it when the policy file is invalid
     at start-up. The Deployment mounts an emptyDir at /var/lib/priority-extender, which survives

@@ -52,6 +52,34 @@ def test_serve_embedded_default_end_to_end():
         assert "shutting down" in server.output()
 
 
+@pytest.mark.parametrize(
+    ("args", "loop"),
+    [
+        ([], "uvloop"),
+        (["--event-loop", "uvloop"], "uvloop"),
+        (["--event-loop", "asyncio"], "asyncio"),
+    ],
+)
+def test_serve_runs_on_the_event_loop_asked_for(args, loop):
+    """auto picks uvloop where it is installed (it is a dependency here); either loop answers."""
+    with ServeProcess(*args) as server:
+        reply = server.post("filter", fixture_bytes("filter-nodecache-true-20nodes.json"))
+        assert len(reply["NodeNames"]) == 14
+        assert server.terminate() == 0, server.output()
+        assert f"event loop {loop}" in server.output()
+
+
+def test_event_loop_uvloop_without_uvloop_is_one_error_line(monkeypatch):
+    import sys
+
+    from extender.cli import event_loop_factory
+
+    monkeypatch.setitem(sys.modules, "uvloop", None)  # import uvloop raises ImportError
+    assert event_loop_factory("auto") is None  # asyncio's own loop
+    with pytest.raises(SystemExit, match="^error: --event-loop uvloop: uvloop is not installed"):
+        event_loop_factory("uvloop")
+
+
 # --- the settings tree and its flags -------------------------------------------------------------
 
 

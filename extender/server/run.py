@@ -40,6 +40,12 @@ class Running:
     """The Kubernetes API cache, when enabled and configured."""
 
 
+def _loop_name() -> str:
+    """``uvloop`` or ``asyncio``: which event loop is serving (``--event-loop``)."""
+    module = type(asyncio.get_running_loop()).__module__
+    return "uvloop" if module.startswith("uvloop") else "asyncio"
+
+
 def _bound_port(runner: web.AppRunner) -> int:
     """The port the runner's site listens on (the one the OS chose when asked for 0)."""
     for address in runner.addresses:
@@ -198,10 +204,11 @@ async def running(
         state.ports["admin"] = _bound_port(runner)
         extender.ready = True
         log.info(
-            "priority-extender ready: scheduler port %d, admin port %d, policy %s",
+            "priority-extender ready: scheduler port %d, admin port %d, policy %s, event loop %s",
             state.ports["scheduler"],
             state.ports["admin"],
             policy.source,
+            _loop_name(),
         )
         yield state
     finally:

@@ -37,7 +37,7 @@ import time
 from collections import deque
 from dataclasses import dataclass
 from http import HTTPStatus
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import httptools
 from multidict import CIMultiDict, CIMultiDictProxy
@@ -186,8 +186,8 @@ class Connection(asyncio.Protocol):
     # --- asyncio.Protocol --------------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        # A stream transport (uvloop's is not registered as an asyncio.Transport subclass).
+        self.transport = cast(asyncio.Transport, transport)
         self.port.connections.add(self)
         loop = asyncio.get_running_loop()
         self.last_active = loop.time()
