@@ -39,13 +39,6 @@ class Clock:
         return self.now
 
 
-def forget_bytes() -> None:
-    """Empty the wire's memos (a process that has never seen these bytes)."""
-    codec._LAST_POD.entry = None
-    codec._LAST_NAMES.entry = None
-    codec._containers.clear()
-
-
 def world(
     loads: list[tuple[float, float, float]], ceiling: float, floor: int, mode: str
 ) -> tuple[Verbs, Clock]:
@@ -115,7 +108,7 @@ def test_prioritize_after_filter_is_the_fresh_decision(loads, ceiling, floor, mo
     names = [f"n{i}" for i in picks]
     verbs, clock = world(loads, ceiling, floor, mode)
     f_body = body(names)
-    forget_bytes()
+    codec.forget_bytes()
     f_reply = verbs.filter(f_body)
     assert f_reply.status == 200
     assert f_reply.outcome == "ok"
@@ -125,7 +118,7 @@ def test_prioritize_after_filter_is_the_fresh_decision(loads, ceiling, floor, mo
 
     fresh, fresh_clock = world(loads, ceiling, floor, mode)
     fresh_clock.now = NOW + later
-    forget_bytes()
+    codec.forget_bytes()
     again = fresh.prioritize(p_body)
     assert reused.outcome == again.outcome == "ok"
     assert reused.body == again.body
@@ -135,13 +128,13 @@ def test_prioritize_after_filter_is_the_fresh_decision(loads, ceiling, floor, mo
 def test_prioritize_gathers_from_filters_assessment_without_looking_it_up_again():
     verbs, _ = world([(0.2, 0.1, 0.0)] * 50, 0.6, 0, "enforce")
     looked_up = []
-    get = verbs._assessments.get
+    get = verbs.assessments.get
 
     def counting(*args: Any) -> Any:
         looked_up.append(args[2])
         return get(*args)
 
-    verbs._assessments.get = counting  # type: ignore[method-assign]
+    verbs.assessments.get = counting  # type: ignore[method-assign]
     f_body = body([f"n{i}" for i in range(50)])
     verbs.filter(f_body)
     assert len(looked_up) == 1
@@ -157,7 +150,7 @@ def test_the_kept_names_are_not_decoded_again():
     f_body = body(["n2", "n1", "zz", "n0"])
     reply = verbs.filter(f_body)
     p_body = prioritize_body(f_body, reply.body)
-    remembered = codec._LAST_NAMES.entry
+    remembered = codec.remembered_names()
     assert remembered is not None
     assert remembered[1] == ["n2", "zz", "n0"]  # what decoding the reply's array gives
     assert json.loads(remembered[0]) == remembered[1]
@@ -166,7 +159,7 @@ def test_the_kept_names_are_not_decoded_again():
 
 
 def test_a_repeated_container_is_decoded_once_and_a_bad_one_fails_every_time():
-    forget_bytes()
+    codec.forget_bytes()
     raw = json.loads(body(["a"]))["Pod"]
     a = decode_pod(json.dumps(raw).encode())
     raw["metadata"]["uid"] = "u2"
@@ -181,12 +174,12 @@ def test_a_repeated_container_is_decoded_once_and_a_bad_one_fails_every_time():
 
 
 def test_the_container_memo_stays_bounded():
-    forget_bytes()
+    codec.forget_bytes()
     raw = json.loads(body(["a"]))["Pod"]
     for i in range(codec.CONTAINERS_KEPT + 10):
         raw["spec"]["containers"][0]["name"] = f"c{i}"
         decode_pod(json.dumps(raw).encode())
-        assert len(codec._containers) <= codec.CONTAINERS_KEPT
+        assert codec.containers_remembered() <= codec.CONTAINERS_KEPT
 
 
 def test_the_log_keeps_the_slim_pod_without_copying_the_evaluation():
@@ -195,3 +188,23 @@ def test_the_log_keeps_the_slim_pod_without_copying_the_evaluation():
     (decision,) = verbs.decisions.find("ns/p")
     assert decision.evaluation.pod.containers == ()  # slimmed: containers are not kept
     assert np.array_equal(decision.evaluation.keep, [True])
+
+
+def test_thousands_of_names_are_found_from_the_request_bytes_exactly():
+    """Past LOOKUP_JSON_MIN_NAMES the columns come from the raw NodeNames (NameTable.lookup_json):
+    the logged decision's columns are the snapshot's dictionary lookup of the names."""
+    import random
+
+    from extender.wire.names import LOOKUP_JSON_MIN_NAMES
+
+    rng = random.Random(5)
+    verbs, _ = world([(rng.random(), 0.2, 0.0) for _ in range(800)], 0.6, 0, "enforce")
+    names = [f"n{i}" for i in rng.sample(range(800), LOOKUP_JSON_MIN_NAMES + 100)]
+    names += ["n8000", "n80", "n"]  # unknown, a known name again, a prefix of every name
+    rng.shuffle(names)
+    reply = verbs.filter(body(names))
+    (decision,) = verbs.decisions.find("ns/p")
+    snap = verbs.store.current.snapshot
+    assert decision.evaluation.columns.tolist() == snap.lookup(names).tolist()
+    kept = json.loads(reply.body)["NodeNames"]
+    assert kept == [n for n, k in zip(names, decision.evaluation.keep, strict=True) if k]

@@ -194,7 +194,8 @@ class Verbs:
         self._approvals: deque[tuple[float, str]] = deque()
         """(time, node) of every preemption candidate handed back, for the per-node cap."""
         self._approvals_lock = threading.Lock()
-        self._assessments = Assessments()
+        self.assessments = Assessments()
+        """Whole-snapshot assessments by pod kind (read by tests to see what was reused)."""
         self._last_filter: _LastFilter | None = None
 
     # --- the three verbs -------------------------------------------------------------------------
@@ -269,8 +270,12 @@ class Verbs:
             ):
                 candidates = Candidates(candidates.names, columns=last.columns)
                 whole = last.whole
+            else:  # thousands of names: found from the request's bytes, not one by one
+                columns = state.names.lookup_json(args.names_json, len(candidates.names))
+                if columns is not None:
+                    candidates = Candidates(candidates.names, columns=columns)
             if whole is None or not whole.valid_from <= now < whole.valid_until:
-                whole = self._assessments.get(state, args.pod, len(candidates.names), now)
+                whole = self.assessments.get(state, args.pod, len(candidates.names), now)
         slim = self.decisions.slim(args.pod)
         evaluation = evaluate(args.pod, candidates, snap, rules, now, whole, keep_pod=slim.pod)
         self.decisions.add(verb, evaluation, now, slim)

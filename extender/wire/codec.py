@@ -378,6 +378,24 @@ class _LastNames:
 _LAST_NAMES = _LastNames()
 
 
+def remembered_names() -> tuple[bytes, list[str]] | None:
+    """The NodeNames bytes whose names the next identical request takes without decoding."""
+    return _LAST_NAMES.entry
+
+
+def forget_bytes() -> None:
+    """Empty the memos of repeated bytes (the pod, the names, the containers): the state of a
+    process that has never seen a request. Tests use it; nothing else needs to."""
+    _LAST_POD.entry = None
+    _LAST_NAMES.entry = None
+    _containers.clear()
+
+
+def containers_remembered() -> int:
+    """How many container specs the decode memo holds (at most :data:`CONTAINERS_KEPT`)."""
+    return len(_containers)
+
+
 def remember_names(raw: bytes, names: list[str]) -> None:
     """``raw`` is the JSON array of ``names`` (the caller encoded it from them): the next
     request whose NodeNames is ``raw`` takes ``names`` instead of decoding it again."""

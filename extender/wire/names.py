@@ -6,13 +6,16 @@ node's fragments are encoded once, when the snapshot's node list changes (:class
 kept by the store), and a reply is a ``bytes.join`` of fragments picked by column. Names the
 snapshot does not know (column -1) are encoded from the request's own text. The bytes are the
 ones msgspec writes for the same reply (a test compares them).
+
+The table also finds the request's names in the snapshot straight from the request's bytes
+(:meth:`NameTable.lookup_json`): a dictionary lookup of 5,000 freshly decoded names hashes each
+string first, and was the largest single cost of a names-only call at that size.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
-from itertools import repeat
+from dataclasses import dataclass, field
 
 import msgspec
 import numpy as np
@@ -24,9 +27,19 @@ from extender.core.model import IndexArray
 _encode = msgspec.json.Encoder().encode
 
 ObjectArray = npt.NDArray[np.object_]
+WordArray = npt.NDArray[np.uint64]
 
 #: ``5}`` ... : the tail of one HostPriority entry after ``"Score":``, by score.
 _SCORE_TAIL: ObjectArray = np.array([f"{s}}}".encode() for s in range(MAX_SCORE + 1)], dtype=object)
+#: ``5},`` ... : the same with the comma before the next entry.
+_SCORE_TAIL_MORE: ObjectArray = np.array(
+    [f"{s}}},".encode() for s in range(MAX_SCORE + 1)], dtype=object
+)
+
+#: Below this many names the dictionary lookup of the decoded names is faster: the table's
+#: three dozen numpy calls cost 20-40 us together whatever the count, a dictionary lookup of a
+#: fresh string 0.1-0.3 us. On a 15,000-node table the two cross between 200 and 300 names.
+LOOKUP_JSON_MIN_NAMES = 256
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,6 +50,11 @@ class NameTable:
     names: tuple[str, ...]
     quoted: ObjectArray
     host: ObjectArray
+    _columns: list[_ColumnTable | None] = field(
+        default_factory=list, init=False, compare=False, repr=False
+    )
+    """Empty until :meth:`lookup_json` first needs the table it probes; then that table, or
+    None when the names do not allow one (built once: the names never change)."""
 
     @staticmethod
     def build(names: tuple[str, ...], previous: NameTable | None = None) -> NameTable:
@@ -49,23 +67,230 @@ class NameTable:
         host[:-1] = [b'{"Host":' + q + b',"Score":' for q in quoted[:-1]]
         return NameTable(names, quoted, host)
 
+    def lookup_json(
+        self, raw: bytes, count: int, *, min_count: int = LOOKUP_JSON_MIN_NAMES
+    ) -> IndexArray | None:
+        """The snapshot column of each name in ``raw``, in order, -1 for a name the snapshot
+        does not know: what :meth:`~extender.core.model.Snapshot.lookup` answers for the
+        decoded names. None when this way cannot be sure (then look the decoded names up).
 
-def _fragments(
-    table: ObjectArray, cols: IndexArray, names: Sequence[str], make: bytes, suffix: bytes
-) -> list[bytes]:
-    """The table's fragments at ``cols``; unknown columns are made from the request's names."""
-    out: list[bytes] = table[cols].tolist()
-    unknown = np.flatnonzero(cols < 0)
-    for i in unknown.tolist():
-        out[i] = make + _encode(names[i]) + suffix
-    return out
+        ``raw`` is a names-only ``NodeNames`` JSON array exactly as sent, which msgspec has
+        already decoded into ``count`` strings (the method relies on that: it finds the names
+        by their quotes and does not check the JSON again). None for fewer than ``min_count``
+        names (the dictionary is faster there), for any backslash (an escape) or non-ASCII
+        byte in ``raw``, and for a snapshot whose names the probe table cannot hold.
+        """
+        if count < min_count or b"\\" in raw or not raw.isascii():
+            return None
+        if not self._columns:  # two threads may both build it: the same table either way
+            self._columns[:] = [_ColumnTable.build(self.names)]
+        table = self._columns[0]
+        return None if table is None else table.lookup(raw, count)
+
+
+# --- finding names by their bytes ----------------------------------------------------------------
+#
+# Each name is read as 8-byte words (its bytes, zero past its end; names never hold a NUL, which
+# JSON cannot carry unescaped) and hashed as a sum of a product per word (:func:`_hash`): zero
+# words add nothing, so the hash of a name does not depend on how many words are read. The
+# snapshot's names sit sorted by hash; a hash's top bits pick a bucket, whose first position is
+# kept, and the few positions from there are compared at once. A hash is only a hint: the name
+# found is compared with the one asked for, every word and where it ends, so the answer is
+# exact (a snapshot where two names share a hash gets no table at all: the dictionary answers).
+
+#: Words read of a name: 256 bytes hold the longest node name (a DNS-1123 subdomain: 253).
+_MAX_WORDS = 32
+#: Odd multipliers, fixed: the same names make the same table in every run.
+_MULTIPLIERS: WordArray = np.random.default_rng(0x6E6F6465).integers(
+    1 << 62, 1 << 63, size=(_MAX_WORDS, 1), dtype=np.uint64
+) | np.uint64(1)
+_HALF = np.uint64(32)
+#: The byte offset of each word in a name.
+_OFFSETS: IndexArray = 8 * np.arange(_MAX_WORDS, dtype=np.intp)[:, None]
+#: ``_MASKS[j, n]``: the bits of word ``j`` that hold bytes of a name ``n`` bytes long.
+_MASKS: WordArray = np.ascontiguousarray(
+    (
+        (np.arange(8 * _MAX_WORDS)[None, :] < np.arange(8 * _MAX_WORDS + 1)[:, None]).astype(
+            np.uint8
+        )
+        * np.uint8(0xFF)
+    )
+    .view(np.uint64)
+    .T
+)
+#: Probe positions per bucket beyond which the names are taken to defeat the hash (with one
+#: name per bucket on average, the fullest bucket of 15,000 names holds about 8).
+_MAX_PROBES = 24
+#: Bytes that never appear unescaped inside a JSON string: control characters, '"' and '\'.
+_ESCAPED = np.zeros(256, dtype=bool)
+_ESCAPED[:0x20] = True
+_ESCAPED[[ord('"'), ord("\\")]] = True
+_QUOTE = ord('"')
+
+
+def _words(
+    data: bytes, first: IndexArray, length: IndexArray, width: int, longest: int
+) -> WordArray:
+    """(width, names): the names at ``data[first:first + length]`` as ``width`` words each,
+    zero past each name's end (a longer name is cut; ``longest`` is ``length.max()``)."""
+    padded = data + bytes(8 * width)
+    # The word starting at each byte offset: unaligned reads of the padded bytes (read-only;
+    # the constructor costs a microsecond, as_strided five).
+    at_byte = np.ndarray((len(padded) - 7,), np.uint64, padded, 0, (1,))
+    # take: indexing a slice with an index array (``a[:w, i]``) is several times slower.
+    words: WordArray = at_byte.take(first + _OFFSETS[:width])
+    cut = length if longest <= 8 * width else np.minimum(length, 8 * width)
+    words &= _MASKS[:width].take(cut, axis=1)
+    return words
+
+
+def _hash(words: WordArray) -> WordArray:
+    """Per name (a column of ``words``): sum(mix(word[j]) * _MULTIPLIERS[j]) mod 2**64.
+
+    A product's low bits see only the word's low bits: without the mix (the high half folded
+    into the low one, a bijection that keeps zero) names that differ only in the last bytes of
+    their words would differ only in the hash's top bits."""
+    hashes: WordArray = ((words ^ (words >> _HALF)) * _MULTIPLIERS[: len(words)]).sum(
+        axis=0, dtype=np.uint64
+    )
+    return hashes
+
+
+@dataclass(frozen=True, slots=True)
+class _ColumnTable:
+    """The snapshot's names as a hash table probed for many names with a few numpy calls."""
+
+    width: int
+    """Words per name: enough for the longest name."""
+    shift: np.uint64
+    """A hash shifted right by this is its bucket."""
+    starts: IndexArray
+    """Per bucket, the first position in ``hashes`` with a hash of that bucket."""
+    probes: IndexArray
+    """(probes, 1): 0, 1, ... up to the fullest bucket's size."""
+    steps: npt.NDArray[np.uint8]
+    """``probes`` as bytes (summing bytes is faster)."""
+    hashes: WordArray
+    """The names' hashes, sorted, then ``len(probes)`` zeros (never a hash probed there: only
+    buckets past the first reach them)."""
+    entries: WordArray
+    """Per position in ``hashes``: the name's column, then its words (one row is one or two
+    cache lines); column -1 and no words for the zeros at the end."""
+
+    @staticmethod
+    def build(names: Sequence[str]) -> _ColumnTable | None:
+        """The table of ``names`` (None if the names defeat it); a duplicated name is found
+        at its last column, as in the snapshot's index."""
+        table = _ColumnTable._of(names, np.arange(len(names), dtype=np.intp))
+        if table is None and len(set(names)) < len(names):  # two equal hashes: duplicates?
+            index = {name: col for col, name in enumerate(names)}
+            table = _ColumnTable._of(names, np.fromiter(index.values(), np.intp, len(index)))
+        return table
+
+    @staticmethod
+    def _of(names: Sequence[str], cols: IndexArray) -> _ColumnTable | None:
+        """The table of the names at ``cols``, which name each at most once; None when two
+        have the same hash, or a name is too long."""
+        picked = [names[col] for col in cols.tolist()] if len(cols) < len(names) else names
+        joined = "".join(picked)
+        if not joined.isascii():  # a name with other characters is never in an ASCII request
+            ascii = [i for i, name in enumerate(picked) if name.isascii()]
+            cols, picked = cols[ascii], [picked[i] for i in ascii]
+            joined = "".join(picked)
+        text = joined.encode("ascii")
+        length = np.fromiter(map(len, picked), np.intp, len(picked))
+        first = np.cumsum(length) - length
+        escaped = np.zeros(len(text) + 1, dtype=np.intp)
+        np.cumsum(_ESCAPED[np.frombuffer(text, dtype=np.uint8)], out=escaped[1:])
+        # A name no unescaped JSON string can hold is left out: no lookup here can ask for it.
+        plain = escaped[first + length] == escaped[first]
+        if not plain.all():
+            cols, first, length = cols[plain], first[plain], length[plain]
+        longest = int(length.max()) if len(length) else 0
+        if not len(cols) or longest > 8 * _MAX_WORDS:
+            return None
+        width = max(1, -(-longest // 8))
+        words = _words(text, first, length, width, longest)
+        hashes = _hash(words)
+        order = np.argsort(hashes)
+        hashes = hashes[order]
+        if (hashes[1:] == hashes[:-1]).any():
+            return None
+        bits = max(1, (len(hashes) - 1).bit_length())
+        shift = np.uint64(64 - bits)
+        starts = np.searchsorted(hashes, np.arange(1 << bits, dtype=np.uint64) << shift)
+        probes = int(np.diff(starts, append=len(hashes)).max())
+        if probes > _MAX_PROBES:
+            return None
+        entries = np.zeros((len(hashes) + probes, 1 + width), dtype=np.uint64)
+        entries[:, 0] = np.concatenate([cols[order], np.full(probes, -1, dtype=np.intp)]).view(
+            np.uint64
+        )
+        entries[: len(hashes), 1:] = words[:, order].T
+        return _ColumnTable(
+            width=width,
+            shift=shift,
+            starts=starts.astype(np.intp),
+            probes=np.arange(probes, dtype=np.intp)[:, None],
+            steps=np.arange(probes, dtype=np.uint8)[:, None],
+            hashes=np.concatenate([hashes, np.zeros(probes, dtype=np.uint64)]),
+            entries=entries,
+        )
+
+    def lookup(self, raw: bytes, count: int) -> IndexArray | None:
+        """The columns of the names in ``raw`` (a JSON array of ``count`` strings without
+        escapes); None if its quotes do not make ``count`` strings."""
+        quotes = (np.frombuffer(raw, dtype=np.uint8) == _QUOTE).nonzero()[0]
+        if len(quotes) != 2 * count:
+            return None
+        if not count:
+            return np.empty(0, dtype=np.intp)
+        first = quotes[0::2] + 1
+        length = quotes[1::2] - first
+        longest = int(length.max())
+        width = min(self.width, -(-longest // 8)) or 1
+        words = _words(raw, first, length, width, longest)
+        hashes = _hash(words)
+        at = self.starts.take(hashes >> self.shift)
+        # At most one position holds the hash: the hashes are distinct, and zero is not probed.
+        hit = self.hashes.take(at + self.probes) == hashes
+        at += (hit.view(np.uint8) * self.steps).sum(axis=0, dtype=np.uint8)
+        found = self.entries.take(at, axis=0)  # the candidate there, compared in full:
+        same = (words == found[:, 1 : 1 + width].T).all(axis=0)
+        if width < self.width:  # the candidate's name ends within the words compared
+            same &= found[:, 1 + width] == 0
+        elif longest > 8 * width:  # a name longer than the longest known is not known
+            same &= length <= 8 * width
+        return np.where(same, found[:, 0].view(np.intp), -1)
+
+
+# --- replies --------------------------------------------------------------------------------------
+
+
+def _encoded_unknown(
+    out: ObjectArray, cols: IndexArray, names: Sequence[str], make: bytes, suffix: bytes
+) -> None:
+    """``out[i]`` for each unknown column ``cols[i]``: made from the request's name."""
+    if len(cols) and cols.min() < 0:
+        for i in np.flatnonzero(cols < 0).tolist():
+            out[i] = make + _encode(names[i]) + suffix
+
+
+def _joined(table: ObjectArray, cols: IndexArray, names: Sequence[str], sep: bytes) -> bytes:
+    """The table's fragments at ``cols`` joined by ``sep``; unknown columns are made from the
+    request's names."""
+    parts: list[bytes] = table[cols].tolist()
+    if len(cols) and cols.min() < 0:
+        for i in np.flatnonzero(cols < 0).tolist():
+            parts[i] = _encode(names[i])
+    return sep.join(parts)
 
 
 def kept_names_json(evaluation: Evaluation, table: NameTable) -> bytes:
     """The JSON array of the kept names, as the filter reply's NodeNames carries it."""
     cols, names = evaluation.columns, evaluation.names
     kept = np.flatnonzero(evaluation.keep)
-    return b"[" + b",".join(_fragments(table.quoted, cols[kept], _at(names, kept), b"", b"")) + b"]"
+    return b"[" + _joined(table.quoted, cols[kept], _at(names, kept), b",") + b"]"
 
 
 def names_filter_reply(
@@ -79,19 +304,25 @@ def names_filter_reply(
     out.append(b',"Nodes":null,"FailedNodes":{},"FailedAndUnresolvableNodes":{')
     rejected = np.flatnonzero(~evaluation.keep)
     if len(rejected):
-        quoted = _fragments(table.quoted, cols[rejected], _at(names, rejected), b"", b"")
         codes = evaluation.reason_codes[rejected]
         first = int(codes[0])
         if (codes == first).all():  # the common case: one reason (np.unique sorts: slower)
             text = b":" + _encode(evaluation.reason_text(first))
-            out.append(b",".join(map(bytes.__add__, quoted, repeat(text))))
+            picked = _at(names, rejected)
+            out.append(_joined(table.quoted, cols[rejected], picked, text + b","))
+            out.append(text)
         else:
             unique, inverse = np.unique(codes, return_inverse=True)
             texts = np.array(
-                [b":" + _encode(evaluation.reason_text(int(c))) for c in unique.tolist()],
+                [b":" + _encode(evaluation.reason_text(int(c))) + b"," for c in unique.tolist()],
                 dtype=object,
             )
-            out.append(b",".join(map(bytes.__add__, quoted, texts[inverse].tolist())))
+            # name, ":reason,", name, ":reason,", ...: the last comma is cut when joined.
+            parts = np.empty((len(rejected), 2), dtype=object)
+            parts[:, 0] = table.quoted[cols[rejected]]
+            parts[:, 1] = texts[inverse]
+            _encoded_unknown(parts[:, 0], cols[rejected], _at(names, rejected), b"", b"")
+            out.append(b"".join(parts.ravel().tolist())[:-1])
     out.append(b'},"Error":""}')
     return b"".join(out)
 
@@ -100,9 +331,16 @@ def names_priorities_reply(
     cols: IndexArray, names: Sequence[str], scores: npt.NDArray[np.int64], table: NameTable
 ) -> bytes:
     """HostPriorityList ``[{"Host":name,"Score":n}]``, one entry per candidate, in order."""
-    hosts = _fragments(table.host, cols, names, b'{"Host":', b',"Score":')
-    tails: list[bytes] = _SCORE_TAIL[scores].tolist()
-    return b"[" + b",".join(map(bytes.__add__, hosts, tails)) + b"]"
+    if not len(cols):
+        return b"[]"
+    # "[" host, "5},", host, "7},", ... host, "3}]": one join, no bytes made per entry.
+    parts = np.empty((len(cols), 2), dtype=object)
+    parts[:, 0] = table.host[cols]
+    parts[:, 1] = _SCORE_TAIL_MORE[scores]
+    _encoded_unknown(parts[:, 0], cols, names, b'{"Host":', b',"Score":')
+    parts[0, 0] = b"[" + parts[0, 0]
+    parts[-1, 1] = _SCORE_TAIL[scores[-1]] + b"]"
+    return b"".join(parts.ravel().tolist())
 
 
 class _Picked(Sequence[str]):
@@ -125,4 +363,10 @@ def _at(names: Sequence[str], idx: IndexArray) -> Sequence[str]:
     return _Picked(names, idx)
 
 
-__all__ = ["NameTable", "kept_names_json", "names_filter_reply", "names_priorities_reply"]
+__all__ = [
+    "LOOKUP_JSON_MIN_NAMES",
+    "NameTable",
+    "kept_names_json",
+    "names_filter_reply",
+    "names_priorities_reply",
+]
