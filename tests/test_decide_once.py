@@ -208,3 +208,15 @@ def test_thousands_of_names_are_found_from_the_request_bytes_exactly():
     assert decision.evaluation.columns.tolist() == snap.lookup(names).tolist()
     kept = json.loads(reply.body)["NodeNames"]
     assert kept == [n for n, k in zip(names, decision.evaluation.keep, strict=True) if k]
+
+
+def test_the_logs_byte_estimate_never_falls_below_counting_the_names():
+    """The log bounds its bytes with the names' JSON length instead of a pass over them."""
+    from extender.verbs.decisions import entry_bytes
+
+    verbs, _ = world([(0.2, 0.1, 0.0)] * 3, 0.6, 0, "enforce")
+    names = ["n0", "n1", "a-much-longer-name-of-an-unknown-node.example.com", "n2"]
+    verbs.filter(body(names))
+    (decision,) = verbs.decisions.find("ns/p")
+    counted = entry_bytes(decision.evaluation)
+    assert counted <= verbs.decisions.bytes <= counted + 4 * len(names) + 2  # quotes, ", "

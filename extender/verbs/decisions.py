@@ -129,15 +129,19 @@ def pod_bytes(pod: PodInfo) -> int:
     return sum(map(len, pod_strings)) + len(pod_strings) * STR_OVERHEAD
 
 
-def entry_bytes(evaluation: Evaluation, pod_size: int | None = None) -> int:
+def entry_bytes(
+    evaluation: Evaluation, pod_size: int | None = None, names_chars: int | None = None
+) -> int:
     """Estimated bytes an evaluation holds once its pod is slimmed: the arrays, the candidate
     names (their characters plus the str overhead) and the pod's strings (``pod_size``, when
-    :func:`pod_bytes` of it is known already)."""
+    :func:`pod_bytes` of it is known already). ``names_chars`` bounds the names' characters
+    when known already: the length of the JSON array they were decoded from, which holds every
+    character of them plus quotes and commas (never less)."""
     names = evaluation.names
     return (
         ENTRY_OVERHEAD
         + len(names) * (ARRAY_BYTES_PER_CANDIDATE + STR_OVERHEAD)
-        + sum(map(len, names))
+        + (sum(map(len, names)) if names_chars is None else names_chars)
         + (pod_bytes(evaluation.pod) if pod_size is None else pod_size)
     )
 
@@ -185,12 +189,20 @@ class DecisionLog:
         self._last = got
         return got
 
-    def add(self, verb: str, evaluation: Evaluation, at: float, slim: Slim | None = None) -> None:
-        """Log a decision; its pod is slimmed unless it is ``slim``'s slimmed pod already."""
+    def add(
+        self,
+        verb: str,
+        evaluation: Evaluation,
+        at: float,
+        slim: Slim | None = None,
+        names_chars: int | None = None,
+    ) -> None:
+        """Log a decision; its pod is slimmed unless it is ``slim``'s slimmed pod already.
+        ``names_chars``: see :func:`entry_bytes`."""
         if slim is None or evaluation.pod is not slim.pod:
             slim = self.slim(evaluation.pod)
             evaluation = evaluation.with_pod(slim.pod)
-        size = entry_bytes(evaluation, slim.size)
+        size = entry_bytes(evaluation, slim.size, names_chars)
         note = slim.note
         with self._lock:
             self._entries.append((Decision(at, verb, evaluation, note), size))

@@ -248,9 +248,7 @@ class Verbs:
             )
             return Reply(200, fail_open(args), "fail_open", pod)
 
-    def _decide(
-        self, verb: str, args: FilterArgs
-    ) -> tuple[State, Evaluation, Assessment | None]:
+    def _decide(self, verb: str, args: FilterArgs) -> tuple[State, Evaluation, Assessment | None]:
         state = self.store.current
         now = self.clock()
         snap, rules = state.snapshot, state.policy.rules
@@ -278,7 +276,9 @@ class Verbs:
                 whole = self.assessments.get(state, args.pod, len(candidates.names), now)
         slim = self.decisions.slim(args.pod)
         evaluation = evaluate(args.pod, candidates, snap, rules, now, whole, keep_pod=slim.pod)
-        self.decisions.add(verb, evaluation, now, slim)
+        # Names only: their JSON array's length bounds their characters (no pass over them).
+        chars = len(args.names_json) if args.full_nodes is None else None
+        self.decisions.add(verb, evaluation, now, slim, chars)
         return state, evaluation, whole
 
     def _filter(self, args: FilterArgs) -> bytes:
