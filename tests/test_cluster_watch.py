@@ -218,6 +218,19 @@ async def test_stalled_stream_times_out_and_resumes(api, run):
     assert r.delays.seen == []  # a stall is not a failure: no backoff
 
 
+async def test_a_stream_that_keeps_delivering_never_stalls(api, run):
+    """The read deadline moves on as lines arrive (one deadline per stream, renewed at most
+    every eighth of the read timeout): events 0.1 s apart over four read timeouts of 0.3 s."""
+    r = run(dataclasses.replace(FAST, read_timeout_s=0.3))
+    await until(lambda: r.source.synced and api.watchers("pods") == 1)
+    for i in range(12):
+        api.put("pods", bound(f"p{i}", "n1"))
+        await asyncio.sleep(0.1)
+    await until(lambda: "uid-default-p11" in r.cache.pods)
+    assert r.source.pods.stalls == 0
+    assert len(api.watch_requests("pods")) == 1  # the same stream all along
+
+
 async def test_streams_cut_at_once_back_off_instead_of_spinning(api, run):
     r = run()
     await until(lambda: r.source.synced and api.watchers("pods") == api.watchers("nodes") == 1)
