@@ -137,6 +137,8 @@ class Plan:
     final_s: float
     """After the last burst: time for retries before pending pods are counted."""
     client_qps: int = CLIENT_QPS
+    profile: Path | None = None
+    """Record py-spy over each extender drain into this folder (collapsed stacks, one file each)."""
     """kube-scheduler's client qps (burst twice that); 0: the shipped defaults (50/100)."""
 
 
@@ -250,6 +252,33 @@ def delete_pods(session: Session, namespace: str) -> None:
     )
 
 
+def start_profile(folder: Path | None, name: str, pid: int) -> subprocess.Popen[bytes] | None:
+    """py-spy recording ``pid`` into ``folder/name.txt`` (collapsed stacks, GIL holder only), or
+    None when no folder was asked for."""
+    if folder is None:
+        return None
+    folder.mkdir(parents=True, exist_ok=True)
+    spy = Path(sys.executable).with_name("py-spy")
+    argv = [str(spy), "record", "--pid", str(pid), "--rate", "1000", "--gil", "--format", "raw"]
+    argv += ["--output", str(folder / f"{name}.txt")]
+    log = (folder / f"{name}.log").open("wb")
+    proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT)
+    log.close()
+    time.sleep(1.0)  # py-spy attaches before the drain starts
+    return proc
+
+
+def stop_profile(proc: subprocess.Popen[bytes] | None) -> None:
+    if proc is None:
+        return
+    proc.send_signal(signal.SIGINT)
+    try:
+        proc.wait(30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
 def throughput_run(
     session: Session,
     sc: Scenario,
@@ -258,6 +287,7 @@ def throughput_run(
     pods: int,
     qps: int = CLIENT_QPS,
     floor: FloorExtender | None = None,
+    profile: Path | None = None,
 ) -> Run:
     """One drain. The CPU column is the extender's process, or the floor's in the floor arm."""
     cp, ext = session.cp, session.ext
@@ -278,12 +308,16 @@ def throughput_run(
         for n in names
     ]
     watch = BindWatch(cp, sc.namespace).start()
+    spy: subprocess.Popen[bytes] | None = None
     try:
         sched.signal(signal.SIGSTOP)
         try:
             create_pods(session, sc.namespace, manifests)
             wait_quiet(ext.proc.pid)
             load1 = os.getloadavg()[0]
+            spy = (
+                start_profile(profile, f"{arm}-{pair}", ext.proc.pid) if arm == "extender" else None
+            )
             cpu0 = cpu_seconds(cpu_pid)
             t0 = time.time()
             sched.signal(signal.SIGCONT)
@@ -296,6 +330,7 @@ def throughput_run(
             cpu1 = cpu_seconds(cpu_pid)
         finally:
             sched.signal(signal.SIGCONT)  # never leave it stopped, whatever failed
+            stop_profile(spy)
         t1 = max(stamp for _node, stamp in (watch.bound[n] for n in names))
         scheduled0 = before.attempts.get("scheduled", 0.0)
         wait_for(
@@ -397,7 +432,14 @@ def throughput(session: Session, plan: Plan, log: Callable[[str], None] = print)
                 order = ARMS if pair % 2 else ARMS[::-1]
                 for arm in order:
                     run = throughput_run(
-                        session, sc, pair, arm, plan.pods, plan.client_qps, floor=floor
+                        session,
+                        sc,
+                        pair,
+                        arm,
+                        plan.pods,
+                        plan.client_qps,
+                        floor=floor,
+                        profile=plan.profile,
                     )
                     log(
                         f"  pair {pair} {arm}: {run.rate:.0f} pods/s, "
@@ -830,6 +872,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--update-results", action="store_true", help=f"also replace the section in {RESULTS}"
     )
     parser.add_argument("--keep", type=Path, help="keep the test bed's files (logs) here")
+    parser.add_argument(
+        "--profile",
+        type=Path,
+        help="record py-spy (GIL holder, collapsed stacks) over each extender drain here",
+    )
     ns = parser.parse_args(argv)
     plan = QUICK if ns.quick else FULL
     overrides = {
@@ -843,6 +890,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             print("error: --client-qps must be 0 (the shipped defaults) or more", file=sys.stderr)
             return 2
         overrides["client_qps"] = ns.client_qps
+    if ns.profile is not None:
+        overrides["profile"] = ns.profile
     if overrides:
         plan = Plan(**{**plan.__dict__, **overrides})
     why = assets.missing()
