@@ -76,7 +76,7 @@ def test_event_loop_uvloop_without_uvloop_is_one_error_line(monkeypatch):
 
     monkeypatch.setitem(sys.modules, "uvloop", None)  # import uvloop raises ImportError
     assert event_loop_factory("auto") is None  # asyncio's own loop
-    with pytest.raises(SystemExit, match="^error: --event-loop uvloop: uvloop is not installed"):
+    with pytest.raises(SystemExit, match=r"^error: --event-loop uvloop: uvloop is not installed"):
         event_loop_factory("uvloop")
 
 
