@@ -194,6 +194,59 @@ def test_placements_hold_recent_pods_only():
     assert len(cache.pods) == 2  # still bound: their requests count
 
 
+def test_placements_are_the_same_objects_until_their_pod_changes():
+    cache, _ = _cache(horizon=90.0)
+    for name in ("p1", "p2", "p3"):
+        uid, _, rec = _pod(name, "a", at=NOW - 5)
+        cache.put_pod(uid, rec)
+    first = cache.placements(NOW)
+    assert all(x is y for x, y in zip(first, cache.placements(NOW), strict=True))
+    uid, _, rec = _pod("p2", "a", cpu="2", at=NOW - 5)  # its estimate changed
+    cache.put_pod(uid, rec)
+    second = cache.placements(NOW)
+    assert [p.uid for p in second] == [p.uid for p in first]  # it keeps its place
+    assert second[0] is first[0]
+    assert second[2] is first[2]
+    assert second[1] == PlacedPod("a", 2.0, 1 * GiB, NOW - 5, "uid-default-p2")
+
+
+def test_pods_leave_the_horizon_by_their_bind_times_whatever_order_they_came_in():
+    cache, _ = _cache(horizon=90.0)
+    for name, at in (("late", NOW - 10), ("early", NOW - 60), ("middle", NOW - 30)):
+        uid, _, rec = _pod(name, "a", at=at)
+        cache.put_pod(uid, rec)
+    cache.put_pod("uid-default-early", None)  # gone before it expired: no expiry to publish
+    assert not cache.expiring(NOW + 45)
+    assert [p.uid for p in cache.placements(NOW + 45)] == ["uid-default-late", "uid-default-middle"]
+    assert cache.expiring(NOW + 61)
+    assert [p.uid for p in cache.placements(NOW + 61)] == ["uid-default-late"]
+    assert not cache.expiring(NOW + 61)
+    # the deletion is a departure, which leaves the horizon 90 s after it was seen (at NOW)
+    assert cache.expiring(NOW + 91)
+    assert [p.uid for p in cache.placements(NOW + 91)] == []
+    assert cache.departures(NOW + 91) == []
+    assert not cache.expiring(NOW + 1000)
+
+
+def test_node_infos_follow_the_nodes_as_they_come_and_go():
+    cache, _ = _cache()
+    cache.set_pods_listed()
+    cache.node_infos()
+    name, _, rec = decode_node(enc(make_node("c", cpu="8", memory="16Gi")))
+    cache.put_node(name, rec)
+    cache.put_node("a", None)
+    uid, _, pod = _pod("p", "b")
+    cache.put_pod(uid, pod)
+    infos = cache.node_infos()
+    assert [n.name for n in infos] == ["b", "c"]
+    assert infos[0] == NodeInfo("b", 4.0, 16 * GiB, 0.5, 1 * GiB)
+    name, _, rec = decode_node(enc(make_node("a", cpu="2", memory="16Gi")))
+    cache.put_node(name, rec)  # back, at the end
+    infos[0] = infos[1]  # a caller's copy: the cache's own list is not touched
+    assert [n.name for n in cache.node_infos()] == ["b", "c", "a"]
+    assert cache.node_infos()[2].allocatable_cpu == 2.0
+
+
 def test_unchanged_updates_are_not_changes():
     cache, changes = _cache()
     uid, _, rec = _pod("p", "a")

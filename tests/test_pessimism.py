@@ -89,6 +89,38 @@ def test_the_store_stamps_a_baseline_when_a_pod_is_first_seen():
     assert store.current.snapshot.placed[0, 0] == pytest.approx(1.0)
 
 
+def test_a_resized_node_takes_its_evidence_again_with_the_same_pods_and_samples():
+    # Only the node's allocatable changed in this publication: the rise its sample shows is
+    # worth more cores, so less of the pod is unseen. (The build redoes that node's column
+    # though its pods and the samples are the very ones of the last build.)
+    clock = _Clock()
+    store = SnapshotStore(load_text(POLICY.format(floor=0, mode="enforce"), "p.yaml"), clock)
+    placed = [PlacedPod("a", 1.0, GiB, NOW - 1, "u1")]
+    store.set_samples({"a": {"cpu": _s(0.2), "memory": _s(0.1)}}, NOW)
+    store.set_cluster([node("a")], placed)  # baseline 0.2
+    clock.now = NOW + 20
+    store.set_samples({"a": {"cpu": _s(0.3, NOW + 20), "memory": _s(0.1, NOW + 20)}}, NOW + 20)
+    store.set_cluster([node("a")], placed)
+    assert store.current.snapshot.placed[0, 0] == pytest.approx(0.6)  # 0.1 of 4 cores risen
+    store.set_cluster([node("a", cpu=8.0)], placed)
+    assert store.current.snapshot.placed[0, 0] == pytest.approx(0.2)  # 0.1 of 8 cores
+
+
+def test_a_pod_placed_again_after_it_left_is_stamped_again():
+    clock = _Clock()
+    store = SnapshotStore(load_text(POLICY.format(floor=0, mode="enforce"), "p.yaml"), clock)
+    placed = [PlacedPod("a", 1.0, GiB, NOW - 1, "u1")]
+    store.set_samples({"a": {"cpu": _s(0.2), "memory": _s(0.1)}}, NOW)
+    store.set_cluster([node("a")], placed)  # baseline 0.2
+    clock.now = NOW + 20
+    store.set_samples({"a": {"cpu": _s(0.45, NOW + 20), "memory": _s(0.1, NOW + 20)}}, NOW + 20)
+    assert store.current.snapshot.placed[0, 0] == pytest.approx(0.0)  # risen by its core
+    store.set_cluster([node("a")], [])  # gone (a relist will bring it back)
+    store.set_cluster([node("a")], placed)
+    # First seen again now: its baseline is today's sample, which shows nothing of it yet.
+    assert store.current.snapshot.placed[0, 0] == pytest.approx(1.0)
+
+
 # --- the floor ---------------------------------------------------------------------------------
 
 

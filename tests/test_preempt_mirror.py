@@ -171,6 +171,19 @@ def test_the_store_remembers_a_departed_pods_measured_usage_after_its_row_is_gon
     assert store.current.snapshot.departed[:, 0].tolist() == [0.0, 0.0]
 
 
+def test_a_departure_without_a_measured_usage_takes_one_from_a_later_table():
+    now = [NOW]
+    store = SnapshotStore(load_text(POLICY, "p.yaml"), clock=lambda: now[0])
+    store.set_samples({"n1": {"cpu": Sample(0.9, NOW - 5), "memory": Sample(0.5, NOW - 5)}}, NOW)
+    dep = Departure("v1", "n1", departed_at=NOW, cpu=0.2, memory=2 * GiB)
+    store.set_cluster([node("n1")], [], departures=[dep])  # no per-pod table yet
+    store.set_pod_usage(table([VICTIM]), ok_at=NOW)  # the first refresh still has its row
+    store.set_cluster([node("n1")], [], departures=[dep])
+    now[0] = NOW + 15
+    store.set_pod_usage(table([], now=NOW + 15), ok_at=NOW + 15)  # the row is gone
+    assert store.current.snapshot.departed[:, 0] == pytest.approx([1.2, 2 * GiB])
+
+
 # --- the simulator run (extender/simulate): preemption evicts only what the preemptors need ---
 
 SCENARIO = PREEMPT

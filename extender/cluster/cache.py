@@ -8,10 +8,15 @@ nodes + recent pods), never O(pods):
   and bytes so that 150,000 additions and removals add up exactly;
 * a :class:`NodeInfo` is rebuilt only for the nodes touched since the last publication;
 * pods bound within the horizon (the estimation window, or ``maxAge`` if longer: a pod bound after
-  a node's latest *fresh* sample is bound within ``maxAge``) are kept in a separate small map;
+  a node's latest *fresh* sample is bound within ``maxAge``) are kept in a separate small map, as
+  the :class:`~extender.core.PlacedPod` the store reads, made once when the pod arrives;
 * pods deleted (or turned terminal) within the same horizon are kept as
   :class:`~extender.core.podusage.Departure` s in another: their node's sample may still show
   their usage (the mirror of a just-placed pod);
+* both maps leave the horizon through a heap of their times (no scan of every recent pod at each
+  publication), and both lists are handed out from a tuple remade only when its map changed: a
+  publication that one bind changed costs that bind, and the store, given the same objects,
+  pairs them with the last ones in C (:func:`~extender.core.model.align`);
 * for the per-pod sources, each bound pod has a **slot** in :class:`~extender.core.podusage.
   PodColumns` (uid, node, owner, priority, requests by slot) and an index namespace -> name ->
   slot: matching a refresh's 150,000 samples is one dictionary lookup each, and building the
@@ -38,9 +43,11 @@ the call, which is all a refresh ever had (the cache moves between refreshes any
 from __future__ import annotations
 
 import hashlib
+import heapq
+import math
 import threading
 import time
-from collections.abc import Callable, KeysView, Sequence
+from collections.abc import Callable, KeysView, Mapping, Sequence
 from typing import Protocol, TypeVar
 
 import msgspec
@@ -110,13 +117,30 @@ class ClusterCache:
         self._mcpu: dict[str, int] = {}
         self._memory: dict[str, int] = {}
         self._count: dict[str, int] = {}
-        self._recent: dict[str, PodRecord] = {}
+        self._recent: dict[str, PlacedPod] = {}
+        """Pods bound within the horizon, by UID, in arrival order (a changed one keeps its
+        place): what :meth:`placements` lists."""
+        self._recent_heap: list[tuple[float, str]] = []
+        """(bound_at, uid) of every entry of :attr:`_recent`, and of some that left it or
+        changed (skipped as they come up): what leaves the horizon first is on top."""
+        self._placed: tuple[PlacedPod, ...] | None = ()
+        """:attr:`_recent` as listed; None once it changed."""
         self._infos: dict[str, NodeInfo] = {}
+        self._info_list: list[NodeInfo] = []
+        """:meth:`node_infos`, in the order of :attr:`nodes`."""
+        self._info_at: dict[str, int] = {}
+        """Node name to its place in :attr:`_info_list`, while no node came or went since."""
+        self._nodes_moved = False
+        """A node came or went: :attr:`_info_list` is to be made again."""
         self._dirty: set[str] = set()
         self._by_address: dict[str, str] = {}
         self.addresses_version = 0
         """Incremented whenever the address map changes (see :meth:`addresses`)."""
         self._departed: dict[str, Departure] = {}
+        self._departed_heap: list[tuple[float, str]] = []
+        """(departed_at, uid) as :attr:`_recent_heap` for :attr:`_departed`."""
+        self._departures: tuple[Departure, ...] | None = ()
+        """:attr:`_departed` as listed; None once it changed."""
         self.columns = PodColumns(
             uids=[""] * INITIAL_SLOTS,
             nodes=[""] * INITIAL_SLOTS,
@@ -159,7 +183,9 @@ class ClusterCache:
             self.addresses_version += 1
         if record is None:
             del self.nodes[name]
+            self._nodes_moved = True
         else:
+            self._nodes_moved |= old is None
             self.nodes[name] = record
         self._dirty.add(name)
         self._touch()
@@ -180,7 +206,7 @@ class ClusterCache:
         if old is not None:
             if record is not None and old == record:
                 if uid not in self._recent and self._is_recent(record):  # the horizon grew
-                    self._recent[uid] = record
+                    self._place(uid, record)
                     self._touch()
                 return
             self._account(old, -1)
@@ -189,21 +215,38 @@ class ClusterCache:
                 return
             del self.pods[uid]
             self._free_slot(uid, old)
-            self._departed[uid] = Departure(
-                uid, old.node, self.clock(), old.priority, old.cpu, old.memory
-            )
-            self._recent.pop(uid, None)
+            gone = Departure(uid, old.node, self.clock(), old.priority, old.cpu, old.memory)
+            self._departed[uid] = gone
+            heapq.heappush(self._departed_heap, (gone.departed_at, uid))
+            self._departures = None
+            self._unplace(uid)
             self._touch()
             return
         self.pods[uid] = record
         self._fill_slot(uid, record)
-        self._departed.pop(uid, None)
+        if self._departed.pop(uid, None) is not None:
+            self._departures = None
         self._account(record, 1)
         if self._is_recent(record):
-            self._recent[uid] = record
+            self._place(uid, record)
         else:
-            self._recent.pop(uid, None)
+            self._unplace(uid)
         self._touch()
+
+    def _place(self, uid: str, pod: PodRecord) -> None:
+        """Make ``pod`` (recent) one of :attr:`_recent`, keeping its place if it is one."""
+        placed = PlacedPod(pod.node, pod.cpu, pod.memory, pod.bound_at, pod.uid)
+        was = self._recent.get(uid)
+        if was is not None and was == placed:
+            return
+        if was is None or was.bound_at != placed.bound_at:
+            heapq.heappush(self._recent_heap, (placed.bound_at, uid))
+        self._recent[uid] = placed
+        self._placed = None
+
+    def _unplace(self, uid: str) -> None:
+        if self._recent.pop(uid, None) is not None:
+            self._placed = None
 
     def _fill_slot(self, uid: str, pod: PodRecord) -> None:
         slot = self._slot_of.get(uid)
@@ -348,10 +391,16 @@ class ClusterCache:
         """Pods deleted (or turned terminal) within the horizon before ``now``; older ones are
         forgotten."""
         after = now - self.horizon_s
-        expired = [uid for uid, d in self._departed.items() if d.departed_at < after]
-        for uid in expired:
-            del self._departed[uid]
-        return list(self._departed.values())
+        heap, departed = self._departed_heap, self._departed
+        while heap and heap[0][0] < after:
+            _, uid = heapq.heappop(heap)
+            d = departed.get(uid)
+            if d is not None and d.departed_at < after:
+                del departed[uid]
+                self._departures = None
+        if self._departures is None:
+            self._departures = tuple(departed.values())
+        return list(self._departures)
 
     def _is_recent(self, pod: PodRecord) -> bool:
         return pod.bound_at >= self.clock() - self.horizon_s
@@ -404,43 +453,67 @@ class ClusterCache:
 
     def node_infos(self) -> list[NodeInfo]:
         """Every known node with its request totals; rebuilds only the nodes changed since."""
+        moved = self._nodes_moved
+        at, listed = self._info_at, self._info_list
         for name in self._dirty:
             rec = self.nodes.get(name)
             if rec is None:
                 self._infos.pop(name, None)
                 continue
             req = self.requested(name)
-            self._infos[name] = NodeInfo(
+            info = self._infos[name] = NodeInfo(
                 name,
                 rec.allocatable_cpu,
                 rec.allocatable_memory,
                 None if req is None else req[0],
                 None if req is None else req[1],
             )
+            if not moved:
+                listed[at[name]] = info
         self._dirty.clear()
-        infos = self._infos
-        return [infos[name] for name in self.nodes]  # in list (then arrival) order
+        if moved:
+            infos = self._infos
+            self._info_list = [infos[name] for name in self.nodes]  # in list (then arrival) order
+            self._info_at = {name: i for i, name in enumerate(self.nodes)}
+            self._nodes_moved = False
+        return list(self._info_list)
 
     def placements(self, now: float) -> list[PlacedPod]:
         """Pods bound within the horizon before ``now``; older ones leave the recent set."""
         after = now - self.horizon_s
-        expired = [uid for uid, p in self._recent.items() if p.bound_at < after]
-        for uid in expired:
-            del self._recent[uid]
-        return [
-            PlacedPod(p.node, p.cpu, p.memory, p.bound_at, p.uid) for p in self._recent.values()
-        ]
+        heap, recent = self._recent_heap, self._recent
+        while heap and heap[0][0] < after:
+            _, uid = heapq.heappop(heap)
+            p = recent.get(uid)
+            if p is not None and p.bound_at < after:
+                del recent[uid]
+                self._placed = None
+        if self._placed is None:
+            self._placed = tuple(recent.values())
+        return list(self._placed)
 
     def expiring(self, now: float) -> bool:
         """Whether some recent pod has left the horizon (a publication would drop it)."""
         after = now - self.horizon_s
-        return any(p.bound_at < after for p in self._recent.values()) or any(
-            d.departed_at < after for d in self._departed.values()
+        return _first(self._recent_heap, self._recent, "bound_at") < after or (
+            _first(self._departed_heap, self._departed, "departed_at") < after
         )
 
     @property
     def recent(self) -> int:
         return len(self._recent)
+
+
+def _first(heap: list[tuple[float, str]], live: Mapping[str, object], attr: str) -> float:
+    """The earliest time on ``heap`` that is still an entry's (``attr`` of ``live[uid]``),
+    dropping those that are not from the top; +inf when none."""
+    while heap:
+        at, uid = heap[0]
+        entry = live.get(uid)
+        if entry is not None and getattr(entry, attr) == at:
+            return at
+        heapq.heappop(heap)
+    return math.inf
 
 
 def _match_key(namespaces: Sequence[str], names: Sequence[str]) -> tuple[bytes, bytes] | None:

@@ -5,7 +5,8 @@ the cache (:attr:`ClusterSource.priority_classes`), for dry runs of manifests th
 but carry no ``spec.priority``.
 
 Publication is coalesced: the first change after a quiet spell is published at once, later ones
-at most every ``publish_interval_s`` (a publication rebuilds the snapshot, O(nodes)). Between
+at most every ``publish_interval_s`` (a publication rebuilds the snapshot: array work over the
+nodes, Python work over what changed since the last one, a few hundred µs at 5,000 nodes). Between
 events the source still wakes every ``tick_s`` to drop pods that left the estimation window and
 to notice a policy whose estimation settings changed.
 
