@@ -59,14 +59,26 @@ _JOIN_BYTES = 64 << 10
 _VERBS = ("filter", "prioritize", "preempt")
 
 
-def _head(status: int, length: int, extra: bytes = b"") -> bytes:
+def _status_line(status: int) -> bytes:
     reason = HTTPStatus(status).phrase.encode() if status != 499 else b"Client Closed Request"
-    return b"HTTP/1.1 %d %s\r\nContent-Type: application/json\r\nContent-Length: %d\r\n%s\r\n" % (
+    return b"HTTP/1.1 %d %s\r\nContent-Type: application/json\r\nContent-Length: " % (
         status,
         reason,
-        length,
-        extra,
     )
+
+
+#: The head of a reply up to its length, for each status the port answers with (others are
+#: made when first needed): an enum lookup per reply was 2% of a small call.
+_STATUS_LINES: dict[int, bytes] = {
+    s: _status_line(s) for s in (200, 400, 404, 405, 408, 413, 415, 499, 500, 503)
+}
+
+
+def _head(status: int, length: int, extra: bytes = b"") -> bytes:
+    line = _STATUS_LINES.get(status)
+    if line is None:
+        line = _STATUS_LINES[status] = _status_line(status)
+    return b"%s%d\r\n%s\r\n" % (line, length, extra)
 
 
 @dataclass(slots=True)
