@@ -29,6 +29,16 @@ GiB = 2**30
 NOW = 1_800_000_000.0
 
 
+class Clock:
+    """A settable clock for the code that takes one: ``clock.now`` is what it answers."""
+
+    def __init__(self, now: float = NOW) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
 def fixture_bytes(name: str) -> bytes:
     return (FIXTURES / name).read_bytes()
 

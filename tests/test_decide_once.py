@@ -17,7 +17,7 @@ from extender.policy import load_text
 from extender.store import SnapshotStore
 from extender.verbs import Verbs
 from extender.wire import codec, decode_args, decode_pod
-from tests.builders import NOW, node
+from tests.builders import NOW, Clock, node
 
 POLICY = """\
 apiVersion: priority-extender.io/v1alpha1
@@ -29,14 +29,6 @@ tiers:
   filter: {{cpu: {ceiling}, memory: 0.9}}
   floor: {{keep: {floor}}}
 """
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = NOW
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def world(

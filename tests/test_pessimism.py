@@ -15,7 +15,7 @@ from extender.policy import load_text
 from extender.server.metrics import Metrics
 from extender.store import SnapshotStore
 from extender.verbs import Verbs
-from tests.builders import NOW, GiB, node, pod, rules, snapshot, tier
+from tests.builders import NOW, Clock, GiB, node, pod, rules, snapshot, tier
 
 LAG, WINDOW = 30.0, 150.0
 
@@ -74,7 +74,7 @@ def test_pods_bound_before_the_first_baseline_keep_their_fade():
 
 def test_the_store_stamps_a_baseline_when_a_pod_is_first_seen():
     text = POLICY.format(floor=0, mode="enforce")
-    clock = _Clock()
+    clock = Clock()
     store = SnapshotStore(load_text(text, "p.yaml"), clock=clock)
     store.set_nodes([node("a")])
     store.set_samples({"a": {"cpu": _s(0.2), "memory": _s(0.1)}}, NOW)
@@ -93,7 +93,7 @@ def test_a_resized_node_takes_its_evidence_again_with_the_same_pods_and_samples(
     # Only the node's allocatable changed in this publication: the rise its sample shows is
     # worth more cores, so less of the pod is unseen. (The build redoes that node's column
     # though its pods and the samples are the very ones of the last build.)
-    clock = _Clock()
+    clock = Clock()
     store = SnapshotStore(load_text(POLICY.format(floor=0, mode="enforce"), "p.yaml"), clock)
     placed = [PlacedPod("a", 1.0, GiB, NOW - 1, "u1")]
     store.set_samples({"a": {"cpu": _s(0.2), "memory": _s(0.1)}}, NOW)
@@ -107,7 +107,7 @@ def test_a_resized_node_takes_its_evidence_again_with_the_same_pods_and_samples(
 
 
 def test_a_pod_placed_again_after_it_left_is_stamped_again():
-    clock = _Clock()
+    clock = Clock()
     store = SnapshotStore(load_text(POLICY.format(floor=0, mode="enforce"), "p.yaml"), clock)
     placed = [PlacedPod("a", 1.0, GiB, NOW - 1, "u1")]
     store.set_samples({"a": {"cpu": _s(0.2), "memory": _s(0.1)}}, NOW)
@@ -202,14 +202,6 @@ tiers:
   filter: {{cpu: 0.5}}
   floor: {{keep: {floor}}}
 """
-
-
-class _Clock:
-    def __init__(self) -> None:
-        self.now = NOW
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def _s(value: float, at: float = NOW):
