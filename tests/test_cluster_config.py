@@ -36,8 +36,11 @@ async def test_explicit_kubeconfig(no_cluster_env, tmp_path):
     conf = await load_configuration("auto", str(kubeconfig(tmp_path, "http://127.0.0.1:1234")))
     assert conf is not None
     assert conf.host == "http://127.0.0.1:1234"
-    with pytest.raises(ClusterConfigError, match=r"kubeconfig .*missing"):
+    with pytest.raises(ClusterConfigError, match=r"^kubeconfig .*missing: no such file$"):
         await load_configuration("auto", str(tmp_path / "missing"))
+    (tmp_path / "empty").write_text("")
+    with pytest.raises(ClusterConfigError, match=r"^kubeconfig .*empty: "):
+        await load_configuration("auto", str(tmp_path / "empty"))
 
 
 async def test_default_kubeconfig_locations(no_cluster_env, tmp_path, monkeypatch):

@@ -19,6 +19,7 @@ from extender.simulate.capture import capture_scenario
 from extender.simulate.engine import Simulation
 from extender.simulate.scenario import load_scenario, load_text
 from extender.simulate.workload import build_workload
+from tests.support import cli as run_cli
 
 NOW = 1_800_000_000.0  # 2027-01-15T08:00:00Z
 GiB = 2**30
@@ -232,3 +233,22 @@ async def test_capture_command_writes_the_file_and_reports_failures(stand_in, tm
     code = await asyncio.to_thread(cli.main, [*base, "--cpu-query", "broken("])
     assert code == 1
     assert "query 'broken(' failed: parse error" in capsys.readouterr().err
+
+
+def test_capture_without_a_kubeconfig_is_one_error_line(tmp_path):
+    # The client library only logs "Config not found" for a missing file, which reached the
+    # terminal as a second line; the file is checked first now.
+    run = run_cli(
+        "simulate",
+        "capture",
+        "--kubeconfig",
+        str(tmp_path / "nope"),
+        "--prometheus",
+        "http://127.0.0.1:1",
+        env={"HOME": str(tmp_path)},
+    )
+    assert run.returncode == 1
+    assert run.stdout == ""
+    assert run.stderr.splitlines() == [
+        f"error: capture failed: kubeconfig {tmp_path / 'nope'}: no such file"
+    ]

@@ -49,12 +49,32 @@ def _default_kubeconfig(environ: Mapping[str, str]) -> str | None:
     return str(default) if default.is_file() else None
 
 
-async def _from_kubeconfig(path: str) -> k8s.Configuration:
+async def _from_kubeconfig(path: str, context: str | None = None) -> k8s.Configuration:
     conf = k8s.Configuration()
     await k8s_config.load_kube_config(  # type: ignore[no-untyped-call]
-        config_file=path, client_configuration=conf, persist_config=False
+        config_file=path, context=context, client_configuration=conf, persist_config=False
     )
     return conf
+
+
+async def kubeconfig_configuration(
+    path: str | None, context: str | None = None, environ: Mapping[str, str] = os.environ
+) -> k8s.Configuration:
+    """The client configuration of kubeconfig ``path`` (None: ``$KUBECONFIG``, else
+    ``~/.kube/config``) and ``context`` (None: its current one).
+
+    Raises :class:`ClusterConfigError`, its message naming the file, for a file that is not
+    there (checked here: the client library would only log "Config not found" and then fail
+    on the empty configuration it read) or that cannot be used.
+    """
+    shown = path or environ.get("KUBECONFIG") or str(Path.home() / ".kube" / "config")
+    found = path if path else _default_kubeconfig(environ)
+    if found is None or not any(Path(p).is_file() for p in found.split(os.pathsep) if p):
+        raise ClusterConfigError(f"kubeconfig {shown}: no such file")
+    try:
+        return await _from_kubeconfig(found, context)
+    except Exception as exc:  # the loader raises anything from OSError to YAML errors
+        raise ClusterConfigError(f"kubeconfig {shown}: {exc}") from exc
 
 
 async def load_configuration(
@@ -67,10 +87,7 @@ async def load_configuration(
         log.info("kubernetes: off; running without the cluster cache")
         return None
     if kubeconfig:
-        try:
-            return await _from_kubeconfig(kubeconfig)
-        except Exception as exc:  # the loader raises anything from OSError to YAML errors
-            raise ClusterConfigError(f"kubeconfig {kubeconfig}: {exc}") from exc
+        return await kubeconfig_configuration(kubeconfig, environ=environ)
     if environ.get("KUBERNETES_SERVICE_HOST") and environ.get("KUBERNETES_SERVICE_PORT"):
         conf = k8s.Configuration()
         try:

@@ -35,9 +35,9 @@ import aiohttp
 import msgspec
 import yaml
 from kubernetes.aio import client as k8s
-from kubernetes.aio import config as k8s_config
 
 from extender import __version__
+from extender.cluster.connect import ClusterConfigError, kubeconfig_configuration
 from extender.core import ContainerResources, PodInfo, QuantityError, parse_quantity
 from extender.core import pod_requests as core_pod_requests
 from extender.errors import SimulationError
@@ -197,16 +197,10 @@ async def _list_all(call: Any, decoder: msgspec.json.Decoder[Any], timeout_s: fl
 async def read_cluster(
     kubeconfig: str | None, context: str | None, timeout_s: float
 ) -> tuple[list[_Node], list[_Pod]]:
-    conf = k8s.Configuration()
     try:
-        await k8s_config.load_kube_config(  # type: ignore[no-untyped-call]
-            config_file=kubeconfig,
-            context=context,
-            client_configuration=conf,
-            persist_config=False,
-        )
-    except Exception as exc:  # the loader raises anything from OSError to YAML errors
-        raise CaptureError(f"kubeconfig {kubeconfig or '(default)'}: {exc}") from exc
+        conf = await kubeconfig_configuration(kubeconfig, context)
+    except ClusterConfigError as exc:
+        raise CaptureError(str(exc)) from exc
     api = k8s.ApiClient(conf)
     api.user_agent = f"priority-extender-capture/{__version__}"
     try:
