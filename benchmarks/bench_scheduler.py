@@ -259,7 +259,8 @@ def start_profile(folder: Path | None, name: str, pid: int) -> subprocess.Popen[
         return None
     folder.mkdir(parents=True, exist_ok=True)
     spy = Path(sys.executable).with_name("py-spy")
-    argv = [str(spy), "record", "--pid", str(pid), "--rate", "250", "--gil", "--format", "raw"]
+    argv = [str(spy), "record", "--pid", str(pid), "--rate", "250", "--gil", "--nonblocking"]
+    argv += ["--format", "raw"]
     argv += ["--output", str(folder / f"{name}.txt")]
     log = (folder / f"{name}.log").open("wb")
     proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT)

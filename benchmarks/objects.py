@@ -138,13 +138,18 @@ def pod_object() -> dict[str, Any]:
     return pod
 
 
+def _go_json(value: object) -> bytes:
+    """JSON as kube-scheduler's encoding/json writes it: compact, no spaces."""
+    return json.dumps(value, separators=(",", ":")).encode()
+
+
 def names_body(names: list[str]) -> bytes:
-    return json.dumps({"Pod": pod_object(), "Nodes": None, "NodeNames": names}).encode()
+    return _go_json({"Pod": pod_object(), "Nodes": None, "NodeNames": names})
 
 
 def nodes_body(nodes: list[dict[str, Any]]) -> bytes:
     items = {"metadata": {"resourceVersion": "1"}, "items": nodes}
-    return json.dumps({"Pod": pod_object(), "Nodes": items, "NodeNames": None}).encode()
+    return _go_json({"Pod": pod_object(), "Nodes": items, "NodeNames": None})
 
 
 def write_static_cluster(folder: Path, count: int, seed: int = 42) -> Path:
