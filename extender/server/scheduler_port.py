@@ -43,6 +43,7 @@ import httptools
 from multidict import CIMultiDict, CIMultiDictProxy
 
 from extender.server.admin import content_encoding_problem
+from extender.server.memory import Trimmer
 from extender.wire import encode_error
 
 if TYPE_CHECKING:
@@ -104,6 +105,10 @@ class SchedulerPort:
         self.body_bytes = 0
         """Request body bytes held right now (being read, decided or written back)."""
         self.offload = asyncio.Semaphore(1)
+        self.offloaded = 0
+        """Large requests being decided in a worker thread or waiting for it."""
+        self.trimmer = Trimmer(lambda: self.offloaded > 0)
+        """Gives memory back to the OS after each burst of large requests."""
         self.connections: set[Connection] = set()
         self._server: asyncio.Server | None = None
         metrics = ext.metrics
@@ -160,6 +165,7 @@ class SchedulerPort:
         connection."""
         if self._server is not None:
             self._server.close()
+        self.trimmer.cancel()
         deadline = asyncio.get_running_loop().time() + timeout
         while self.inflight > 0 and asyncio.get_running_loop().time() < deadline:
             await asyncio.sleep(0.01)
@@ -341,6 +347,7 @@ class Connection(asyncio.Protocol):
                 continue
             if len(body) >= self.settings.offload_bytes:
                 self.busy = True
+                self.port.offloaded += 1
                 self.transport.pause_reading()
                 asyncio.get_running_loop().create_task(self._offloaded(req, body))
                 return
@@ -370,6 +377,8 @@ class Connection(asyncio.Protocol):
                 self._answer(req, reply.status, reply.body, reply.outcome)
         finally:
             self.busy = False
+            self.port.offloaded -= 1
+            self.port.trimmer.large_done()
         if self.transport is not None and not self.transport.is_closing():
             self.transport.resume_reading()
             self._next()
