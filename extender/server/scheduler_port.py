@@ -165,12 +165,12 @@ class SchedulerPort:
         connection."""
         if self._server is not None:
             self._server.close()
-        self.trimmer.cancel()
         deadline = asyncio.get_running_loop().time() + timeout
         while self.inflight > 0 and asyncio.get_running_loop().time() < deadline:
             await asyncio.sleep(0.01)
         for conn in list(self.connections):
             conn.close()
+        self.trimmer.cancel()  # after the last large request, which may have set it
         if self._server is not None:
             await self._server.wait_closed()
             self._server = None
