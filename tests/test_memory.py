@@ -12,7 +12,7 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from extender.policy import embedded_default
-from extender.server.memory import Trimmer, _malloc_trim
+from extender.server.memory import Trimmer, glibc_malloc_trim
 from extender.server.run import running
 from tests.support import loopback_settings, until
 
@@ -62,11 +62,11 @@ async def test_a_failing_trim_is_logged_and_the_next_burst_trims_again(caplog):
     assert len(calls) == 2
 
 
-@pytest.mark.skipif(_malloc_trim() is None, reason="no glibc malloc_trim on this system")
+@pytest.mark.skipif(glibc_malloc_trim() is None, reason="no glibc malloc_trim on this system")
 def test_malloc_trim_returns_freed_heap_memory():
     # Freed blocks the heap cannot give back from its top (a live block above each hole), in
     # a worker thread's arena as a large decision's are: resident until trimmed.
-    trim = _malloc_trim()
+    trim = glibc_malloc_trim()
     assert trim is not None
     held: list[bytes] = []
 

@@ -23,7 +23,7 @@ log = logging.getLogger(__name__)
 TRIM_DELAY_S = 1.0
 
 
-def _malloc_trim() -> Callable[[], int] | None:
+def glibc_malloc_trim() -> Callable[[], int] | None:
     """glibc's ``malloc_trim(0)``, or None where the C library has none."""
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
@@ -47,7 +47,7 @@ class Trimmer:
         self._busy = busy
         """Whether a large request is in flight now (then the trim waits)."""
         self._delay = delay
-        self._trim = trim if trim is not None else _malloc_trim()
+        self._trim = trim if trim is not None else glibc_malloc_trim()
         self._timer: asyncio.TimerHandle | None = None
         self._running = False
         self.trims = 0
