@@ -47,8 +47,8 @@ import heapq
 import math
 import threading
 import time
-from collections.abc import Callable, KeysView, Mapping, Sequence
-from typing import Protocol, TypeVar
+from collections.abc import Callable, KeysView, Sequence
+from typing import Generic, Protocol, TypeVar
 
 import msgspec
 import numpy as np
@@ -117,14 +117,8 @@ class ClusterCache:
         self._mcpu: dict[str, int] = {}
         self._memory: dict[str, int] = {}
         self._count: dict[str, int] = {}
-        self._recent: dict[str, PlacedPod] = {}
-        """Pods bound within the horizon, by UID, in arrival order (a changed one keeps its
-        place): what :meth:`placements` lists."""
-        self._recent_heap: list[tuple[float, str]] = []
-        """(bound_at, uid) of every entry of :attr:`_recent`, and of some that left it or
-        changed (skipped as they come up): what leaves the horizon first is on top."""
-        self._placed: tuple[PlacedPod, ...] | None = ()
-        """:attr:`_recent` as listed; None once it changed."""
+        self._recent: _Window[PlacedPod] = _Window(_bound_at)
+        """Pods bound within the horizon: what :meth:`placements` lists."""
         self._infos: dict[str, NodeInfo] = {}
         self._info_list: list[NodeInfo] = []
         """:meth:`node_infos`, in the order of :attr:`nodes`."""
@@ -136,11 +130,8 @@ class ClusterCache:
         self._by_address: dict[str, str] = {}
         self.addresses_version = 0
         """Incremented whenever the address map changes (see :meth:`addresses`)."""
-        self._departed: dict[str, Departure] = {}
-        self._departed_heap: list[tuple[float, str]] = []
-        """(departed_at, uid) as :attr:`_recent_heap` for :attr:`_departed`."""
-        self._departures: tuple[Departure, ...] | None = ()
-        """:attr:`_departed` as listed; None once it changed."""
+        self._departed: _Window[Departure] = _Window(_departed_at)
+        """Pods deleted (or turned terminal) within the horizon: what :meth:`departures` lists."""
         self.columns = PodColumns(
             uids=[""] * INITIAL_SLOTS,
             nodes=[""] * INITIAL_SLOTS,
@@ -205,7 +196,7 @@ class ClusterCache:
         old = self.pods.get(uid)
         if old is not None:
             if record is not None and old == record:
-                if uid not in self._recent and self._is_recent(record):  # the horizon grew
+                if uid not in self._recent.entries and self._is_recent(record):  # horizon grew
                     self._place(uid, record)
                     self._touch()
                 return
@@ -216,37 +207,23 @@ class ClusterCache:
             del self.pods[uid]
             self._free_slot(uid, old)
             gone = Departure(uid, old.node, self.clock(), old.priority, old.cpu, old.memory)
-            self._departed[uid] = gone
-            heapq.heappush(self._departed_heap, (gone.departed_at, uid))
-            self._departures = None
-            self._unplace(uid)
+            self._departed.put(uid, gone)
+            self._recent.drop(uid)
             self._touch()
             return
         self.pods[uid] = record
         self._fill_slot(uid, record)
-        if self._departed.pop(uid, None) is not None:
-            self._departures = None
+        self._departed.drop(uid)
         self._account(record, 1)
         if self._is_recent(record):
             self._place(uid, record)
         else:
-            self._unplace(uid)
+            self._recent.drop(uid)
         self._touch()
 
     def _place(self, uid: str, pod: PodRecord) -> None:
         """Make ``pod`` (recent) one of :attr:`_recent`, keeping its place if it is one."""
-        placed = PlacedPod(pod.node, pod.cpu, pod.memory, pod.bound_at, pod.uid)
-        was = self._recent.get(uid)
-        if was is not None and was == placed:
-            return
-        if was is None or was.bound_at != placed.bound_at:
-            heapq.heappush(self._recent_heap, (placed.bound_at, uid))
-        self._recent[uid] = placed
-        self._placed = None
-
-    def _unplace(self, uid: str) -> None:
-        if self._recent.pop(uid, None) is not None:
-            self._placed = None
+        self._recent.put(uid, PlacedPod(pod.node, pod.cpu, pod.memory, pod.bound_at, pod.uid))
 
     def _fill_slot(self, uid: str, pod: PodRecord) -> None:
         slot = self._slot_of.get(uid)
@@ -390,17 +367,7 @@ class ClusterCache:
     def departures(self, now: float) -> list[Departure]:
         """Pods deleted (or turned terminal) within the horizon before ``now``; older ones are
         forgotten."""
-        after = now - self.horizon_s
-        heap, departed = self._departed_heap, self._departed
-        while heap and heap[0][0] < after:
-            _, uid = heapq.heappop(heap)
-            d = departed.get(uid)
-            if d is not None and d.departed_at < after:
-                del departed[uid]
-                self._departures = None
-        if self._departures is None:
-            self._departures = tuple(departed.values())
-        return list(self._departures)
+        return list(self._departed.expire(now - self.horizon_s))
 
     def _is_recent(self, pod: PodRecord) -> bool:
         return pod.bound_at >= self.clock() - self.horizon_s
@@ -480,40 +447,80 @@ class ClusterCache:
 
     def placements(self, now: float) -> list[PlacedPod]:
         """Pods bound within the horizon before ``now``; older ones leave the recent set."""
-        after = now - self.horizon_s
-        heap, recent = self._recent_heap, self._recent
-        while heap and heap[0][0] < after:
-            _, uid = heapq.heappop(heap)
-            p = recent.get(uid)
-            if p is not None and p.bound_at < after:
-                del recent[uid]
-                self._placed = None
-        if self._placed is None:
-            self._placed = tuple(recent.values())
-        return list(self._placed)
+        return list(self._recent.expire(now - self.horizon_s))
 
     def expiring(self, now: float) -> bool:
         """Whether some recent pod has left the horizon (a publication would drop it)."""
         after = now - self.horizon_s
-        return _first(self._recent_heap, self._recent, "bound_at") < after or (
-            _first(self._departed_heap, self._departed, "departed_at") < after
-        )
+        return self._recent.first() < after or self._departed.first() < after
 
     @property
     def recent(self) -> int:
-        return len(self._recent)
+        return len(self._recent.entries)
 
 
-def _first(heap: list[tuple[float, str]], live: Mapping[str, object], attr: str) -> float:
-    """The earliest time on ``heap`` that is still an entry's (``attr`` of ``live[uid]``),
-    dropping those that are not from the top; +inf when none."""
-    while heap:
-        at, uid = heap[0]
-        entry = live.get(uid)
-        if entry is not None and getattr(entry, attr) == at:
-            return at
-        heapq.heappop(heap)
-    return math.inf
+W = TypeVar("W", PlacedPod, Departure)
+
+
+class _Window(Generic[W]):
+    """Entries by UID that leave once their time (``at``) falls out of a horizon: in arrival
+    order (a changed entry keeps its place), listed as one tuple until they change.
+
+    A heap of (time, uid) holds every entry's time, and some of entries that left or changed
+    (skipped as they come up): what leaves first is on top, so expiring costs what leaves.
+    """
+
+    def __init__(self, at: Callable[[W], float]) -> None:
+        self.entries: dict[str, W] = {}
+        self._at: Callable[[W], float] = at
+        self._heap: list[tuple[float, str]] = []
+        self._listed: tuple[W, ...] | None = ()
+        """:attr:`entries` as listed; None once they changed."""
+
+    def put(self, uid: str, entry: W) -> None:
+        was = self.entries.get(uid)
+        if was is not None and was == entry:
+            return
+        if was is None or self._at(was) != self._at(entry):
+            heapq.heappush(self._heap, (self._at(entry), uid))
+        self.entries[uid] = entry
+        self._listed = None
+
+    def drop(self, uid: str) -> None:
+        if self.entries.pop(uid, None) is not None:
+            self._listed = None
+
+    def expire(self, after: float) -> tuple[W, ...]:
+        """Drop the entries whose time is before ``after``; the rest, listed."""
+        heap, entries = self._heap, self.entries
+        while heap and heap[0][0] < after:
+            _, uid = heapq.heappop(heap)
+            entry = entries.get(uid)
+            if entry is not None and self._at(entry) < after:
+                del entries[uid]
+                self._listed = None
+        if self._listed is None:
+            self._listed = tuple(entries.values())
+        return self._listed
+
+    def first(self) -> float:
+        """The earliest time of an entry (dropping stale heap tops on the way); +inf if none."""
+        heap = self._heap
+        while heap:
+            at, uid = heap[0]
+            entry = self.entries.get(uid)
+            if entry is not None and self._at(entry) == at:
+                return at
+            heapq.heappop(heap)
+        return math.inf
+
+
+def _bound_at(pod: PlacedPod) -> float:
+    return pod.bound_at
+
+
+def _departed_at(gone: Departure) -> float:
+    return gone.departed_at
 
 
 def _match_key(namespaces: Sequence[str], names: Sequence[str]) -> tuple[bytes, bytes] | None:
