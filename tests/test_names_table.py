@@ -19,6 +19,7 @@ from extender.wire import FilterArgs, decode_args, encode_filter_result, encode_
 from extender.wire import names as names_module
 from extender.wire.names import (
     LOOKUP_JSON_MIN_NAMES,
+    JsonNames,
     NameTable,
     kept_names_json,
     names_filter_reply,
@@ -51,8 +52,15 @@ def json_array(
 
 
 def lookup(table: NameTable, raw: bytes) -> list[int] | None:
-    """lookup_json for every size, ``count`` from msgspec's decode as in the request path."""
-    found = table.lookup_json(raw, len(_decode_names(raw)), min_count=0)
+    """lookup_json for every size, on the names as the codec holds them: decoded by msgspec,
+    or kept as their bytes (JsonNames) when the array is what kube-scheduler sends. Both
+    answer the same."""
+    found = table.lookup_json(raw, _decode_names(raw), min_count=0)
+    kept = JsonNames.parse(raw)
+    if kept is not None:
+        from_bytes = table.lookup_json(raw, kept, min_count=0)
+        assert (from_bytes is None) == (found is None)
+        assert found is None or from_bytes is None or from_bytes.tolist() == found.tolist()
     return None if found is None else found.tolist()
 
 
@@ -137,7 +145,7 @@ def test_a_table_like_a_cluster():
     request = [snapshot_names[i] for i in rng.permutation(15_000)[:5_000].tolist()]
     request[::97] = [f"gone-{i}" for i in range(len(request[::97]))]
     raw = json.dumps(request).encode()
-    found = table.lookup_json(raw, len(request))
+    found = table.lookup_json(raw, request)
     assert found is not None
     assert found.dtype == np.intp
     assert found.tolist() == dict_lookup(table, request)
@@ -157,7 +165,7 @@ def test_names_that_differ_only_in_the_last_byte_of_each_word():
     snapshot_names = tuple(f"aaaaaaa{a}aaaaaaa{b}" for a in chars for b in chars)
     table = NameTable.build(snapshot_names)
     request = [*snapshot_names[::-7], "aaaaaaa!aaaaaaa", "aaaaaaa!aaaaaaa!!"]
-    found = table.lookup_json(json_array(request), len(request))
+    found = table.lookup_json(json_array(request), request)
     assert found is not None
     assert found.tolist() == dict_lookup(table, request)
 
@@ -205,7 +213,7 @@ def test_lookup_json_on_a_request_decoded_by_the_codec():
     request = [f"worker-{i}.example.internal" for i in range(299, -1, -1)] + ["nope"]
     body = json.dumps({"Pod": {"metadata": {"name": "p"}}, "NodeNames": request}).encode()
     args = decode_args(body)
-    found = table.lookup_json(args.names_json, len(args.candidates.names))
+    found = table.lookup_json(args.names_json, args.candidates.names)
     assert found is not None
     assert found.tolist() == [*range(299, -1, -1), -1]
 
@@ -220,9 +228,9 @@ def table() -> NameTable:
 
 def test_fewer_names_than_the_minimum_are_left_to_the_dictionary(table):
     raw = json_array([f"node-{i}" for i in range(LOOKUP_JSON_MIN_NAMES - 1)])
-    assert table.lookup_json(raw, LOOKUP_JSON_MIN_NAMES - 1) is None
+    assert table.lookup_json(raw, _decode_names(raw)) is None
     raw = json_array([f"node-{i}" for i in range(LOOKUP_JSON_MIN_NAMES)])
-    found = table.lookup_json(raw, LOOKUP_JSON_MIN_NAMES)
+    found = table.lookup_json(raw, _decode_names(raw))
     assert found is not None
     assert found.tolist() == list(range(LOOKUP_JSON_MIN_NAMES))
 
@@ -237,24 +245,25 @@ def test_fewer_names_than_the_minimum_are_left_to_the_dictionary(table):
     ],
 )
 def test_escapes_and_non_ascii_are_left_to_the_dictionary(table, raw):
-    assert table.lookup_json(raw, 2, min_count=0) is None
+    assert table.lookup_json(raw, ["node-1", "node-2"], min_count=0) is None
 
 
 def test_a_count_the_quotes_do_not_make_is_left_to_the_dictionary(table):
-    assert table.lookup_json(b'["node-1","node-2"]', 3, min_count=0) is None
-    assert table.lookup_json(b'["node-1","node-2"]', 1, min_count=0) is None
+    raw = b'["node-1","node-2"]'
+    assert table.lookup_json(raw, ["node-1", "node-2", "node-3"], min_count=0) is None
+    assert table.lookup_json(raw, ["node-1"], min_count=0) is None
 
 
 def test_snapshots_the_table_cannot_hold_are_left_to_the_dictionary(monkeypatch):
     raw = json_array(["a", "b"])
-    assert NameTable.build(()).lookup_json(raw, 2, min_count=0) is None
-    assert NameTable.build(("ü", 'q"', "\x00")).lookup_json(raw, 2, min_count=0) is None
-    assert NameTable.build(("a", "b" * 257)).lookup_json(raw, 2, min_count=0) is None
-    assert NameTable.build(("a", "b" * 256)).lookup_json(raw, 2, min_count=0) is not None
+    assert NameTable.build(()).lookup_json(raw, ["a", "b"], min_count=0) is None
+    assert NameTable.build(("ü", 'q"', "\x00")).lookup_json(raw, ["a", "b"], min_count=0) is None
+    assert NameTable.build(("a", "b" * 257)).lookup_json(raw, ["a", "b"], min_count=0) is None
+    assert NameTable.build(("a", "b" * 256)).lookup_json(raw, ["a", "b"], min_count=0) is not None
     # Two names with the same hash: no table (here every hash is 0).
     monkeypatch.setattr(names_module, "_MULTIPLIERS", np.zeros((32, 1), dtype=np.uint64))
-    assert NameTable.build(("a", "b")).lookup_json(raw, 2, min_count=0) is None
-    found = NameTable.build(("a",)).lookup_json(raw, 2, min_count=0)
+    assert NameTable.build(("a", "b")).lookup_json(raw, ["a", "b"], min_count=0) is None
+    found = NameTable.build(("a",)).lookup_json(raw, ["a", "b"], min_count=0)
     assert found is not None
     assert found.tolist() == [0, -1]
 
@@ -275,14 +284,90 @@ def test_the_probe_table_is_built_once_and_kept_with_the_names(monkeypatch):
         raise AssertionError(f"probe table built again for {names}")
 
     table = NameTable.build(("a", "b"))
-    assert table.lookup_json(b'["a"]', 1, min_count=0).tolist() == [0]  # built on first use
+    assert table.lookup_json(b'["a"]', ["a"], min_count=0).tolist() == [0]  # built on first use
     monkeypatch.setattr("extender.wire.names._ColumnTable.build", no_build)
-    assert table.lookup_json(b'["b", "a"]', 2, min_count=0).tolist() == [1, 0]
+    assert table.lookup_json(b'["b", "a"]', ["b", "a"], min_count=0).tolist() == [1, 0]
     same = NameTable.build(("a", "b"), previous=table)
-    assert same.lookup_json(b'["b"]', 1, min_count=0).tolist() == [1]
+    assert same.lookup_json(b'["b"]', ["b"], min_count=0).tolist() == [1]
     other = NameTable.build(("a", "c"), previous=table)  # not built with the table ...
     with pytest.raises(AssertionError, match="built again"):  # ... but for its first lookup
-        other.lookup_json(b'["c"]', 1, min_count=0)
+        other.lookup_json(b'["c"]', ["c"], min_count=0)
+
+
+# --- names kept as their bytes --------------------------------------------------------------------
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.lists(st.text(max_size=12) | node_names, max_size=40), whitespace, st.booleans())
+def test_json_names_are_the_decoded_names(names, gaps, ensure_ascii):
+    """Any array of names: kept as its bytes exactly when it is compact, ASCII and without
+    escapes; then every name read out one by one, and all of them at once, is msgspec's."""
+    raw = json_array(names, gaps, ensure_ascii)
+    kept = JsonNames.parse(raw)
+    if raw != json_array(names) or b"\\" in raw or not raw.isascii():
+        assert kept is None
+        return
+    assert kept is not None
+    assert len(kept) == len(names)
+    assert [kept[i] for i in range(len(names))] == names  # read out from the bytes
+    assert [kept[i] for i in range(-len(names), 0)] == names
+    assert list(kept) == names  # decoded at once
+    assert kept == names
+    assert names == kept
+    assert kept[1:3] == names[1:3]
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b'[1,"a"]',
+        b'["a",1]',
+        b'["a",null]',
+        b'[["a"]]',
+        b'[["a","b"],"c"]',
+        b'["a",{"b":"c"}]',
+        b'"a"',
+        b'{"a":"b"}',
+        b'["a", "b"]',
+        b'[ "a"]',
+        b'["a","\\u0062"]',
+        b'["a","\xc3\xbc"]',
+        b"null",
+    ],
+)
+def test_anything_but_a_compact_array_of_plain_strings_is_decoded(raw):
+    assert JsonNames.parse(raw) is None
+
+
+def test_json_names_need_enough_names_and_are_counted_from_the_bytes():
+    raw = json_array([f"n{i}" for i in range(10)])
+    assert JsonNames.parse(raw, min_count=11) is None
+    kept = JsonNames.parse(raw, min_count=10)
+    assert kept is not None
+    assert len(kept) == 10
+    empty = JsonNames.parse(b"[]")
+    assert empty is not None
+    assert len(empty) == 0
+    assert list(empty) == []
+    with pytest.raises(IndexError):
+        kept[10]
+
+
+def test_a_reply_array_is_kept_as_bytes_unless_it_holds_an_escape():
+    kept = JsonNames.encoded(msgspec.json.encode(["a", "bc"]), 2)
+    assert kept is not None
+    assert (kept[0], kept[1]) == ("a", "bc")
+    assert JsonNames.encoded(msgspec.json.encode(["a", 'b"c']), 2) is None
+    assert JsonNames.encoded(msgspec.json.encode(["a", "ü"]), 2) is None
+
+
+def test_the_codec_keeps_thousands_of_names_as_bytes_and_decodes_fewer():
+    many = [f"node-{i}" for i in range(LOOKUP_JSON_MIN_NAMES)]
+    for names, kept_as_bytes in [(many, True), (many[:-1], False)]:
+        body = json.dumps({"Pod": {"metadata": {"name": "p"}}, "NodeNames": names})
+        args = decode_args(body.replace(", ", ",").encode())
+        assert isinstance(args.candidates.names, JsonNames) == kept_as_bytes
+        assert list(args.candidates.names) == names
 
 
 # --- replies against msgspec's encoding ----------------------------------------------------------

@@ -59,7 +59,12 @@ from extender.wire import (
     encode_priorities,
     remember_names,
 )
-from extender.wire.names import kept_names_json, names_filter_reply, names_priorities_reply
+from extender.wire.names import (
+    JsonNames,
+    kept_names_json,
+    names_filter_reply,
+    names_priorities_reply,
+)
 
 log = logging.getLogger(__name__)
 
@@ -269,7 +274,7 @@ class Verbs:
                 candidates = Candidates(candidates.names, columns=last.columns)
                 whole = last.whole
             else:  # thousands of names: found from the request's bytes, not one by one
-                columns = state.names.lookup_json(args.names_json, len(candidates.names))
+                columns = state.names.lookup_json(args.names_json, candidates.names)
                 if columns is not None:
                     candidates = Candidates(candidates.names, columns=columns)
             if whole is None or not whole.valid_from <= now < whole.valid_until:
@@ -309,8 +314,13 @@ class Verbs:
             positions = np.flatnonzero(evaluation.keep)
             columns = evaluation.columns[positions]
             self._last_filter = _LastFilter(state, args.pod, kept, columns, whole)
+            # The names for the prioritize call that follows, read from the bytes only if
+            # it needs them (JsonNames), unless the kept names hold an escape.
             names = evaluation.names
-            remember_names(kept, [names[i] for i in positions.tolist()])
+            remember_names(
+                kept,
+                JsonNames.encoded(kept, len(positions)) or [names[i] for i in positions.tolist()],
+            )
             return names_filter_reply(evaluation, state.names, kept)
         return encode_filter(args, evaluation)
 

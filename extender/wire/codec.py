@@ -10,6 +10,7 @@ filter reply carries the kept Nodes back byte for byte, never decoded and re-enc
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Annotated, Any, TypeVar
 
@@ -26,6 +27,7 @@ from extender.core import (
 )
 from extender.core.podusage import owner_key
 from extender.errors import InputError
+from extender.wire.names import LOOKUP_JSON_MIN_NAMES, JsonNames
 
 
 class WireError(InputError):
@@ -372,13 +374,13 @@ class _LastNames:
     __slots__ = ("entry",)
 
     def __init__(self) -> None:
-        self.entry: tuple[bytes, list[str]] | None = None
+        self.entry: tuple[bytes, Sequence[str]] | None = None
 
 
 _LAST_NAMES = _LastNames()
 
 
-def remembered_names() -> tuple[bytes, list[str]] | None:
+def remembered_names() -> tuple[bytes, Sequence[str]] | None:
     """The NodeNames bytes whose names the next identical request takes without decoding."""
     return _LAST_NAMES.entry
 
@@ -396,36 +398,39 @@ def containers_remembered() -> int:
     return len(_containers)
 
 
-def remember_names(raw: bytes, names: list[str]) -> None:
+def remember_names(raw: bytes, names: Sequence[str]) -> None:
     """``raw`` is the JSON array of ``names`` (the caller encoded it from them): the next
     request whose NodeNames is ``raw`` takes ``names`` instead of decoding it again."""
     _LAST_NAMES.entry = (raw, names)
 
 
-def _names(raw: msgspec.Raw, key: str) -> list[str] | None:
-    """A names-only candidate list, its size checked before it is decoded; None if absent."""
-    if not _present(raw):
-        return None
+def _names(raw: bytes, key: str) -> Sequence[str] | None:
+    """A names-only candidate list, its size checked before it is decoded. Thousands of
+    names in the form kube-scheduler sends are kept as their bytes (:class:`JsonNames`)."""
     last = _LAST_NAMES.entry
-    if last is not None and len(last[0]) == len(raw) and last[0] == bytes(raw):
+    if last is not None and len(last[0]) == len(raw) and last[0] == raw:
         return last[1]
     if len(raw) > MAX_NAMES_BYTES:
         raise WireError(
             f"invalid ExtenderArgs: {key} is {len(raw)} bytes; at most {MAX_NAMES_BYTES} "
             f"are accepted (5,000 names of 253 characters are 1.3 MB)"
         )
-    try:
-        names = _names_decoder.decode(raw)
-    except msgspec.DecodeError as exc:
-        # The path as if the names were decoded with the envelope: `$.NodeNames[0]`.
-        message = str(exc)
-        at = f"`$.{key}"
-        message = message.replace("`$", at, 1) if " - at `$" in message else f"{message} - at {at}`"
-        raise WireError(f"invalid ExtenderArgs: {message}") from None
+    names: Sequence[str] | None = JsonNames.parse(raw, LOOKUP_JSON_MIN_NAMES)
     if names is None:
-        return None
+        try:
+            names = _names_decoder.decode(raw)
+        except msgspec.DecodeError as exc:
+            # The path as if the names were decoded with the envelope: `$.NodeNames[0]`.
+            message = str(exc)
+            at = f"`$.{key}"
+            message = (
+                message.replace("`$", at, 1) if " - at `$" in message else f"{message} - at {at}`"
+            )
+            raise WireError(f"invalid ExtenderArgs: {message}") from None
+        if names is None:
+            return None
     check_candidates(len(names), key)
-    _LAST_NAMES.entry = (bytes(raw), names)
+    _LAST_NAMES.entry = (raw, names)
     return names
 
 
@@ -435,18 +440,19 @@ def decode_args(body: bytes) -> FilterArgs:
     pod = pod_field(args.Pod, args.pod, "ExtenderArgs")
     node_list = args.Nodes if args.Nodes is not None else args.nodes
     upper = _present(args.NodeNames)
-    names = _names(
-        args.NodeNames if upper else args.nodenames, "NodeNames" if upper else "nodenames"
+    raw_names = args.NodeNames if upper else args.nodenames
+    names_json = bytes(raw_names) if _present(raw_names) else None
+    names = (
+        None if names_json is None else _names(names_json, "NodeNames" if upper else "nodenames")
     )
     if names is not None and node_list is not None:
         raise WireError(
             "invalid ExtenderArgs: both Nodes and NodeNames are set; kube-scheduler sends one "
             "(NodeNames with nodeCacheCapable: true, Nodes otherwise)"
         )
-    if names is not None:
-        raw = args.NodeNames if upper else args.nodenames
+    if names is not None and names_json is not None:
         return FilterArgs(
-            pod=pod, candidates=Candidates(names=names), full_nodes=None, names_json=bytes(raw)
+            pod=pod, candidates=Candidates(names=names), full_nodes=None, names_json=names_json
         )
     if node_list is None:
         raise WireError("invalid ExtenderArgs: both Nodes and NodeNames are null")

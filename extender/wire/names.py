@@ -14,8 +14,9 @@ string first, and was the largest single cost of a names-only call at that size.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
+from typing import overload
 
 import msgspec
 import numpy as np
@@ -40,6 +41,113 @@ _SCORE_TAIL_MORE: ObjectArray = np.array(
 #: three dozen numpy calls cost 20-40 us together whatever the count, a dictionary lookup of a
 #: fresh string 0.1-0.3 us. On a 15,000-node table the two cross between 200 and 300 names.
 LOOKUP_JSON_MIN_NAMES = 256
+
+
+Bounds = tuple[IndexArray, IndexArray]
+"""Per name of a JSON array: the offset of its first byte, and its length in bytes."""
+
+_decode_names = msgspec.json.Decoder(list[str]).decode
+
+
+def _plain(raw: bytes) -> bool:
+    """No escape and no byte past ASCII: each string's text is its bytes."""
+    return b"\\" not in raw and raw.isascii()
+
+
+def _bounds(raw: bytes) -> Bounds:
+    """Where the strings of ``raw`` (a JSON array without escapes) are: between its quotes."""
+    quotes = (np.frombuffer(raw, dtype=np.uint8) == _QUOTE).nonzero()[0]
+    first = quotes[0::2] + 1
+    return first, quotes[1::2] - first
+
+
+class JsonNames(Sequence[str]):
+    """A names-only candidate list kept as the JSON array it came in: ``NodeNames``.
+
+    When the snapshot knows every name, nothing on the request path needs them as strings:
+    their columns are found from the bytes (:meth:`NameTable.lookup_json`) and the replies are
+    built from fragments per column. Decoding 5,000 names (a string object each) was about a
+    seventh of a filter call at that size, and building the list of the kept ones for the
+    prioritize call that follows as much again. So a name is read out where one is asked for
+    (an unknown node's, for its reply entry), and all of them are decoded once, the first time
+    something iterates (the dictionary lookup, explain). Equal to any sequence of the same
+    names."""
+
+    __slots__ = ("_bounds", "_decoded", "_size", "raw")
+
+    def __init__(self, raw: bytes, size: int, bounds: Bounds | None = None) -> None:
+        self.raw = raw
+        """The array's bytes: ASCII, without escapes, ``size`` strings."""
+        self._size = size
+        self._bounds = bounds
+        self._decoded: list[str] | None = None
+
+    @staticmethod
+    def parse(raw: bytes, min_count: int = 0) -> JsonNames | None:
+        """``raw`` kept as its bytes when it is what kube-scheduler sends: a compact JSON array
+        of at least ``min_count`` strings (Go's encoding/json writes no spaces), ASCII without
+        escapes. None for anything else: decode it then.
+
+        ``raw`` must be valid JSON, as a ``msgspec.Raw`` field is once its envelope decoded
+        (msgspec checks the syntax of what it skips, control characters in strings
+        included). Then the bytes outside the strings, counted, say whether it is an array
+        of strings only: a flat array of ``n`` strings has ``n + 1`` (its brackets and the
+        commas between), and any other value, or a space, adds at least one."""
+        if raw[:1] != b"[" or raw.count(b'"') < 2 * min_count or not _plain(raw):
+            return None
+        first, length = _bounds(raw)
+        count = len(first)
+        outside = len(raw) - int(length.sum()) - 2 * count
+        if outside != max(count + 1, 2):
+            return None
+        return JsonNames(raw, count, (first, length))
+
+    @staticmethod
+    def encoded(raw: bytes, size: int) -> JsonNames | None:
+        """``raw`` kept as its bytes when it is the JSON array of ``size`` names as msgspec
+        encodes them (a reply's) and has no escape or byte past ASCII; None otherwise."""
+        return JsonNames(raw, size) if _plain(raw) else None
+
+    def bounds(self) -> Bounds:
+        """Where each name's bytes are in :attr:`raw`."""
+        if self._bounds is None:
+            self._bounds = _bounds(self.raw)
+        return self._bounds
+
+    def decoded(self) -> list[str]:
+        """Every name, decoded once (two threads may both decode: the same list either way)."""
+        if self._decoded is None:
+            self._decoded = _decode_names(self.raw)
+        return self._decoded
+
+    def __len__(self) -> int:
+        return self._size
+
+    @overload
+    def __getitem__(self, i: int) -> str: ...
+    @overload
+    def __getitem__(self, i: slice) -> list[str]: ...
+    def __getitem__(self, i: int | slice) -> str | list[str]:
+        if isinstance(i, slice) or self._decoded is not None:
+            return self.decoded()[i]
+        first, length = self.bounds()
+        start = int(first[i])
+        return self.raw[start : start + int(length[i])].decode("ascii")
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.decoded())
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, JsonNames):
+            return self.raw == other.raw or self.decoded() == other.decoded()
+        if isinstance(other, Sequence) and not isinstance(other, str | bytes):
+            return self.decoded() == list(other)
+        return NotImplemented
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return f"JsonNames({self._size} names)"
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,24 +176,34 @@ class NameTable:
         return NameTable(names, quoted, host)
 
     def lookup_json(
-        self, raw: bytes, count: int, *, min_count: int = LOOKUP_JSON_MIN_NAMES
+        self, raw: bytes, names: Sequence[str], *, min_count: int = LOOKUP_JSON_MIN_NAMES
     ) -> IndexArray | None:
-        """The snapshot column of each name in ``raw``, in order, -1 for a name the snapshot
-        does not know: what :meth:`~extender.core.model.Snapshot.lookup` answers for the
-        decoded names. None when this way cannot be sure (then look the decoded names up).
+        """The snapshot column of each of ``names``, in order, -1 for a name the snapshot
+        does not know: what :meth:`~extender.core.model.Snapshot.lookup` answers. None when
+        this way cannot be sure (then look the decoded names up).
 
-        ``raw`` is a names-only ``NodeNames`` JSON array exactly as sent, which msgspec has
-        already decoded into ``count`` strings (the method relies on that: it finds the names
-        by their quotes and does not check the JSON again). None for fewer than ``min_count``
-        names (the dictionary is faster there), for any backslash (an escape) or non-ASCII
-        byte in ``raw``, and for a snapshot whose names the probe table cannot hold.
+        ``raw`` is the names-only ``NodeNames`` JSON array exactly as sent, which holds
+        ``names`` (as :class:`JsonNames`, or decoded by msgspec: the method relies on that, it
+        finds the names by their quotes and does not check the JSON again). None for fewer
+        than ``min_count`` names (the dictionary is faster there), for any backslash (an
+        escape) or non-ASCII byte in ``raw``, and for a snapshot whose names the probe table
+        cannot hold.
         """
-        if count < min_count or b"\\" in raw or not raw.isascii():
+        count = len(names)
+        if count < min_count:
+            return None
+        if isinstance(names, JsonNames):
+            bounds = names.bounds()  # ASCII without escapes: checked when it was made
+        elif _plain(raw):
+            bounds = _bounds(raw)
+            if len(bounds[0]) != count:
+                return None
+        else:
             return None
         if not self._columns:  # two threads may both build it: the same table either way
             self._columns[:] = [_ColumnTable.build(self.names)]
         table = self._columns[0]
-        return None if table is None else table.lookup(raw, count)
+        return None if table is None else table.lookup(raw, bounds)
 
 
 # --- finding names by their bytes ----------------------------------------------------------------
@@ -237,16 +355,12 @@ class _ColumnTable:
             entries=entries,
         )
 
-    def lookup(self, raw: bytes, count: int) -> IndexArray | None:
-        """The columns of the names in ``raw`` (a JSON array of ``count`` strings without
-        escapes); None if its quotes do not make ``count`` strings."""
-        quotes = (np.frombuffer(raw, dtype=np.uint8) == _QUOTE).nonzero()[0]
-        if len(quotes) != 2 * count:
-            return None
-        if not count:
+    def lookup(self, raw: bytes, bounds: Bounds) -> IndexArray:
+        """The columns of the names of ``raw`` (a JSON array of strings without escapes) that
+        ``bounds`` finds."""
+        first, length = bounds
+        if not len(first):
             return np.empty(0, dtype=np.intp)
-        first = quotes[0::2] + 1
-        length = quotes[1::2] - first
         longest = int(length.max())
         width = min(self.width, -(-longest // 8)) or 1
         words = _words(raw, first, length, width, longest)
