@@ -166,6 +166,22 @@ def test_a_decision_gathered_from_the_whole_snapshot_is_the_decision(scenario, l
         assert gathered.fresh.tolist() == direct.fresh.tolist()
 
 
+@settings(max_examples=100, deadline=None)
+@given(scenarios(), st.randoms(use_true_random=False))
+def test_the_whole_snapshot_is_kept_node_by_node_and_gathers_the_same_rows(scenario, rng):
+    """assess_all stores its float rows node by node (what gathers fastest); a gather from it
+    is the gather from the same rows stored row by row."""
+    pod, snap, _, r = scenario
+    whole = assess_all(pod, snap, r, NOW)
+    assert whole.floats.flags.f_contiguous
+    rows = replace(whole, floats=np.ascontiguousarray(whole.floats))
+    idx = np.array([rng.randrange(len(whole.cols)) for _ in range(rng.randrange(8))], np.intp)
+    a, b = whole.take(idx, whole.cols[idx]), rows.take(idx, whole.cols[idx])
+    assert a.floats.tobytes() == b.floats.tobytes()
+    assert np.array_equal(a.ints, b.ints)
+    assert np.array_equal(a.fresh, b.fresh)
+
+
 @settings(max_examples=300, deadline=None)
 @given(scenarios())
 def test_replies_from_prebuilt_fragments_are_the_bytes_msgspec_writes(scenario):

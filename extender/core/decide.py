@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -448,15 +448,30 @@ class Assessment:
         row: IntArray = self.ints[1]
         return row
 
+    def column_major(self) -> Assessment:
+        """The same assessment with the float rows stored node by node (Fortran order), the
+        layout :meth:`take` gathers from fastest: one node's values are adjacent, so a
+        gather copies a run of them per node (3-4 times faster than picking each row's
+        element at 5,000 of 15,000 nodes). Copying costs about as much as two gathers; an
+        assessment of the whole snapshot is gathered from by every request for a while."""
+        return replace(self, floats=np.asfortranarray(self.floats))
+
     def take(self, idx: IndexArray, cols: IndexArray) -> Assessment:
         """The rows at positions ``idx`` (into this assessment's columns), labelled ``cols``."""
+        floats = self.floats
+        if floats.flags.f_contiguous and not floats.flags.c_contiguous:
+            # Node by node: gather whole nodes (np.take on floats itself would first copy it
+            # to row order). The rows of the result are views across its nodes.
+            taken = np.take(floats.T, idx, axis=0).T
+        else:
+            taken = np.take(floats, idx, axis=1)
         return Assessment(
             self.tier,
             self.bypass,
             self.estimate,
             self.fallback,
             cols,
-            np.take(self.floats, idx, axis=1),
+            taken,
             np.take(self.ints, idx, axis=1),
             np.take(self.fresh, idx, axis=1),
             self.valid_from,
@@ -519,7 +534,7 @@ def assess_all(pod: PodInfo, snap: Snapshot, rules: Rules, now: float) -> Assess
     """``pod``'s kind over every column of ``snap`` (the unknown column last)."""
     cols = np.arange(len(snap.names) + 1, dtype=np.intp)
     with np.errstate(all="ignore"):
-        return _assess(pod, cols, snap, rules, now, None, None, kept=True)
+        return _assess(pod, cols, snap, rules, now, None, None, kept=True).column_major()
 
 
 def evaluate(
