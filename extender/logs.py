@@ -12,29 +12,45 @@ line, nor an escape sequence repaint the terminal. JSON lines are safe by constr
 
 from __future__ import annotations
 
-import contextlib
 import contextvars
 import json
 import logging
 import re
 import sys
 import time
-from collections.abc import Iterator
 from typing import Any
 
-_pod: contextvars.ContextVar[tuple[str, str] | None] = contextvars.ContextVar("pod", default=None)
+_pod: contextvars.ContextVar[tuple[str, str, str] | None] = contextvars.ContextVar(
+    "pod", default=None
+)
+"""(namespace, name, uid) of the pod being decided; formatted only when a line is logged."""
 
 #: Attributes every LogRecord has; anything else passed with ``extra=`` is emitted as a field.
 _STANDARD = set(logging.LogRecord("", 0, "", 0, "", None, None).__dict__) | {"message", "asctime"}
 
 
-@contextlib.contextmanager
-def bind_pod(namespace: str, name: str, uid: str = "") -> Iterator[None]:
-    token = _pod.set((f"{namespace}/{name}", uid))
-    try:
-        yield
-    finally:
-        _pod.reset(token)
+class PodBinding:
+    """The pod bound to log lines for a ``with`` block (see :func:`bind_pod`). A class, not a
+    generator-based context manager: every request enters one, and this costs a third."""
+
+    __slots__ = ("_pod", "_token")
+
+    def __init__(self, namespace: str, name: str, uid: str) -> None:
+        self._pod = (namespace, name, uid)
+        self._token: contextvars.Token[tuple[str, str, str] | None] | None = None
+
+    def __enter__(self) -> None:
+        self._token = _pod.set(self._pod)
+
+    def __exit__(self, *exc: object) -> None:
+        if self._token is not None:
+            _pod.reset(self._token)
+            self._token = None
+
+
+def bind_pod(namespace: str, name: str, uid: str = "") -> PodBinding:
+    """Within ``with bind_pod(...)``, every log line names the pod."""
+    return PodBinding(namespace, name, uid)
 
 
 class JsonFormatter(logging.Formatter):
@@ -48,7 +64,7 @@ class JsonFormatter(logging.Formatter):
         }
         pod = _pod.get()
         if pod is not None:
-            out["pod"], out["podUID"] = pod
+            out["pod"], out["podUID"] = f"{pod[0]}/{pod[1]}", pod[2]
         for key, value in record.__dict__.items():
             if key not in _STANDARD and not key.startswith("_"):
                 out[key] = value
@@ -92,7 +108,7 @@ class TextFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         line = super().format(record)
         pod = _pod.get()
-        return f"{line} [pod={escape(pod[0])}]" if pod is not None else line
+        return f"{line} [pod={escape(f'{pod[0]}/{pod[1]}')}]" if pod is not None else line
 
 
 def setup(level: str = "info", fmt: str = "auto") -> None:

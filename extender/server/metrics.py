@@ -246,6 +246,7 @@ class Metrics:
             ["reason", "tier"],
             registry=registry,
         )
+        self._rejection_children: dict[tuple[bool, str, str], Counter] = {}
         self.preempt_candidates = Counter(
             "priority_extender_preempt_candidates",
             "Preemption candidate nodes offered by kube-scheduler, by what the extender did.",
@@ -312,11 +313,20 @@ class Metrics:
                 self.all_rejected.labels(tier).inc()
         elif evaluation.floor_applied():
             self.floor_applied.labels(tier).inc()
-        counter = self.observed_rejections if evaluation.observed else self.rejections
         if live:
-            counter.labels("live_load", tier).inc(live)
+            self._rejected(evaluation.observed, "live_load", tier).inc(live)
         if stale:
-            counter.labels("stale", tier).inc(stale)
+            self._rejected(evaluation.observed, "stale", tier).inc(stale)
+
+    def _rejected(self, observed: bool, kind: str, tier: str) -> Counter:
+        """The rejections counter's child for these labels, looked up once (``labels()``
+        checks and locks on every call: a few microseconds per filter call)."""
+        key = (observed, kind, tier)
+        child = self._rejection_children.get(key)
+        if child is None:
+            counter = self.observed_rejections if observed else self.rejections
+            child = self._rejection_children[key] = counter.labels(kind, tier)
+        return child
 
     def observe_scores(self, evaluation: Evaluation) -> None:
         tier = "(bypass)" if evaluation.tier is None else evaluation.tier.name
