@@ -369,8 +369,9 @@ def test_a_restart_while_the_policy_is_invalid_starts_from_the_last_good_one(tmp
     replace_file(path, GOOD_B)
     until(lambda: restarted.readyz()["policySha256"] == sha(GOOD_B), "the fixed policy")
     assert restarted.failing() == 0
-    kept = json.loads((state / "last-good-policy.json").read_text())
-    assert kept["sha256"] == sha(GOOD_B)
+    # Kept once applied (written in a worker thread after the swap, atomically: wait for it).
+    kept_file = state / "last-good-policy.json"
+    until(lambda: json.loads(kept_file.read_text())["sha256"] == sha(GOOD_B), "the fix kept")
     assert restarted.terminate() == 0
 
 
