@@ -6,6 +6,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).parent.parent
 
 
@@ -30,6 +32,51 @@ def test_benchmark_suite_runs_quick(tmp_path):
         assert heading in text
     # every configured row was measured: 2 names sizes and 1 full size, 2 verbs, 2 concurrencies
     assert text.count("| filter |") + text.count("| prioritize |") == 12
+
+
+def test_the_comparison_with_a_revision_runs_quick():
+    """benchmarks.compare against HEAD: both extenders answer every row (the ratios are not
+    asserted: they are timing)."""
+    res = subprocess.run(
+        [sys.executable, "-m", "benchmarks.compare", "--quick", "--base", "HEAD"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert res.returncode == 0, res.stderr[-2000:]
+    rows = [line for line in res.stdout.splitlines() if line.startswith(("| filter", "| prio"))]
+    assert [row.split("|")[1:3] for row in rows] == [
+        [" filter ", " 10 "],
+        [" prioritize ", " 10 "],
+        [" filter ", " 50 "],
+        [" prioritize ", " 50 "],
+    ]
+    assert all(row.split("|")[5].strip().endswith("x") for row in rows)
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--base", "no-such-revision"], "error: --base no-such-revision: not a revision of"),
+        (["--sizes", "0"], "error: --sizes 0: whole numbers from 1 to"),
+        (["--rounds", "0"], "error: --rounds 0: at least 1"),
+    ],
+)
+def test_the_comparison_refuses_bad_arguments_in_one_line(args, message):
+    res = subprocess.run(
+        [sys.executable, "-m", "benchmarks.compare", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert res.returncode == 2
+    assert res.stderr.startswith(message)
+    assert len(res.stderr.strip().splitlines()) == 1
+    assert "Traceback" not in res.stderr
 
 
 def test_the_floor_extender_answers_what_kube_scheduler_expects():
