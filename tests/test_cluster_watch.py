@@ -30,7 +30,7 @@ from extender.core import Candidates, Estimation, evaluate
 from extender.policy import embedded_default
 from extender.store import SnapshotStore
 from extender.wire import decode_pod
-from tests.builders import NOW, GiB
+from tests.builders import NOW, Clock, GiB
 from tests.fake_apiserver import FakeApiServer, make_node, make_pod
 
 FAST = ClusterSettings(
@@ -89,14 +89,18 @@ class Running:
 async def run(api: FakeApiServer) -> AsyncIterator[Callable[..., Running]]:
     started: list[ClusterSource] = []
 
-    def start(settings: ClusterSettings = FAST, store: SnapshotStore | None = None) -> Running:
+    def start(
+        settings: ClusterSettings = FAST,
+        store: SnapshotStore | None = None,
+        clock: Callable[[], float] = lambda: NOW,
+    ) -> Running:
         store = store or SnapshotStore(embedded_default(), clock=lambda: NOW)
         delays = Delays()
         source = cluster_source(
             store,
             k8s.Configuration(host=api.url),
             settings,
-            clock=lambda: NOW,
+            clock=clock,
             sleep=delays,
             rng=random.Random(7),
         )
@@ -259,6 +263,34 @@ async def test_410_error_event_relists_and_drops_what_vanished(api, run):
     await until(lambda: r.requested("n1") == (0.5, 1 * GiB))
     assert api.watch_requests("pods")[-1]["resourceVersion"] == r.source.pods.resource_version
     assert r.delays.seen == []  # relisted at once
+
+
+async def test_a_pod_a_relist_finds_gone_left_when_the_cache_was_last_current(api, run):
+    """A deletion the watch missed happened at some moment after the reflector last knew the
+    cache current: that is its departure time, not the relist's (the usage it takes off its
+    node's sample would otherwise be subtracted for up to the whole gap longer)."""
+    for name in ("a", "b"):
+        api.put("pods", bound(name, "n1"))
+    clock = Clock()
+    r = run(clock=clock)
+    await until(lambda: r.source.synced and api.watchers("pods") == 1)
+    api.put("pods", bound("c", "n2"))
+    await until(lambda: "uid-default-c" in r.cache.pods)  # an event: the cache is current
+    assert r.source.pods.confirmed_at == NOW
+    clock.now = NOW + 30  # the watch is cut; the deletion happens somewhere in the gap
+    api.expire_watches("pods")
+    api.delete("pods", "default/a")
+    await until(lambda: r.source.pods.lists == 2)
+    assert r.source.pods.listed_at == NOW + 30
+    (gone,) = [d for d in r.cache.departures(clock.now) if d.uid == "uid-default-a"]
+    assert gone.departed_at == NOW
+    # A deletion the watch delivers is stamped when it arrives, as before.
+    await until(lambda: api.watchers("pods") == 1)
+    clock.now = NOW + 40
+    api.delete("pods", "default/b")
+    await until(lambda: "uid-default-b" not in r.cache.pods)
+    (gone,) = [d for d in r.cache.departures(clock.now) if d.uid == "uid-default-b"]
+    assert gone.departed_at == NOW + 40
 
 
 async def test_http_410_on_resume_relists(api, run):

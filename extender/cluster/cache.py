@@ -191,8 +191,14 @@ class ClusterCache:
 
     # --- pods -----------------------------------------------------------------------------------
 
-    def put_pod(self, uid: str, record: PodRecord | None) -> None:
-        """Add, replace or (with None) remove a pod; finished and unbound pods are None."""
+    def put_pod(self, uid: str, record: PodRecord | None, gone_since: float | None = None) -> None:
+        """Add, replace or (with None) remove a pod; finished and unbound pods are None.
+
+        ``gone_since``: for a removal a list found (not a watch event), when the pod was last
+        known to be there. It left at some moment since, so that is its departure time: the
+        departure's usage is then taken off its node's sample for no longer than it can still
+        be in it (stamping the list's own time would subtract it for up to the whole gap
+        longer, and make the node look emptier than it is)."""
         old = self.pods.get(uid)
         if old is not None:
             if record is not None and old == record:
@@ -206,7 +212,8 @@ class ClusterCache:
                 return
             del self.pods[uid]
             self._free_slot(uid, old)
-            gone = Departure(uid, old.node, self.clock(), old.priority, old.cpu, old.memory)
+            at = self.clock() if gone_since is None else min(gone_since, self.clock())
+            gone = Departure(uid, old.node, at, old.priority, old.cpu, old.memory)
             self._departed.put(uid, gone)
             self._recent.drop(uid)
             self._touch()
@@ -566,7 +573,11 @@ class Sink(Protocol[R]):
         """(key, resourceVersion, record or None when the object does not count)."""
         ...
 
-    def put(self, key: str, record: R | None) -> None: ...
+    def put(self, key: str, record: R | None, gone_since: float | None = None) -> None:
+        """Apply ``record`` (None: the object is gone or does not count). ``gone_since``, from
+        a list: when the reflector last knew the cache current (see
+        :meth:`ClusterCache.put_pod`)."""
+        ...
 
     def keys(self) -> KeysView[str]: ...
 
@@ -582,7 +593,7 @@ class NodeSink:
     def decode(self, raw: msgspec.Raw | bytes) -> tuple[str, str, NodeRecord | None]:
         return decode_node(raw)
 
-    def put(self, key: str, record: NodeRecord | None) -> None:
+    def put(self, key: str, record: NodeRecord | None, gone_since: float | None = None) -> None:
         self.cache.put_node(key, record)
 
     def keys(self) -> KeysView[str]:
@@ -602,8 +613,8 @@ class PodSink:
             self._decoder = PodDecoder(self.cache.estimation)
         return self._decoder.decode(raw)
 
-    def put(self, key: str, record: PodRecord | None) -> None:
-        self.cache.put_pod(key, record)
+    def put(self, key: str, record: PodRecord | None, gone_since: float | None = None) -> None:
+        self.cache.put_pod(key, record, gone_since)
 
     def keys(self) -> KeysView[str]:
         return self.cache.pods.keys()
@@ -638,7 +649,9 @@ class PriorityClasses:
     def decode(self, raw: msgspec.Raw | bytes) -> tuple[str, str, PriorityClassRecord | None]:
         return decode_priority_class(raw)
 
-    def put(self, key: str, record: PriorityClassRecord | None) -> None:
+    def put(
+        self, key: str, record: PriorityClassRecord | None, gone_since: float | None = None
+    ) -> None:
         if record is None:
             self.classes.pop(key, None)
         else:

@@ -210,6 +210,9 @@ class Reflector(Generic[R]):
         # A dict of strings, not a set: CPython leaves dicts of untracked objects out of the
         # cyclic GC, which would otherwise walk all 150,000 keys at every young collection.
         seen: dict[str, None] = {}
+        # What this list changes happened at some moment since the cache was last known
+        # current: a pod it finds gone or finished is stamped as gone since then.
+        since = self.confirmed_at
         token = ""
         while True:
             kwargs: dict[str, Any] = {"limit": s.page_size, "_request_timeout": s.list_timeout_s}
@@ -237,7 +240,7 @@ class Reflector(Generic[R]):
                         log.warning("%s: skipped in list: %s", self.resource, exc)
                         continue
                     seen[key] = None
-                    self.sink.put(key, record)
+                    self.sink.put(key, record, since)
                 await _yield()
             token = page.continue_token
             if not token:
@@ -253,7 +256,7 @@ class Reflector(Generic[R]):
         del keys, seen
         for start in range(0, len(stale), s.slice_items):
             for key in stale[start : start + s.slice_items]:
-                self.sink.put(key, None)
+                self.sink.put(key, None, since)
             await _yield()
         self.resource_version = page.resource_version
         self.lists += 1
