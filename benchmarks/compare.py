@@ -21,7 +21,6 @@ import argparse
 import asyncio
 import contextlib
 import math
-import os
 import random
 import statistics
 import subprocess
@@ -35,7 +34,7 @@ from pathlib import Path
 import aiohttp
 
 from benchmarks.objects import names_body, node_name, write_static_cluster
-from benchmarks.run import cpu_seconds, free_port, timed, wait_up
+from benchmarks.run import cpu_seconds, free_port, process, timed, wait_up
 
 ROOT = Path(__file__).resolve().parent.parent
 #: Less CPU than this per arm and row is not shown (the counters' resolution is 10 ms).
@@ -103,18 +102,10 @@ async def serve(tree: Path, policy: Path) -> AsyncIterator[tuple[str, int]]:
     args += ["--host", "127.0.0.1", "--port", str(port)]
     args += ["--admin-host", "127.0.0.1", "--admin-port", str(admin)]
     args += ["--log-level", "warning", "--kubernetes", "off"]
-    env = {**os.environ, "PYTHONPATH": str(tree), "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.Popen(args, cwd=tree, env=env)
-    try:
+    with process(args, cwd=tree, env={"PYTHONPATH": str(tree)}) as proc:
         async with aiohttp.ClientSession() as session:
             await wait_up(session, f"http://127.0.0.1:{admin}/readyz", proc)
         yield f"http://127.0.0.1:{port}", proc.pid
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
 
 
 async def measure(

@@ -116,8 +116,12 @@ def machine() -> str:
 
 
 @contextlib.contextmanager
-def process(args: list[str]) -> Iterator[subprocess.Popen[bytes]]:
-    proc = subprocess.Popen(args, cwd=ROOT, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+def process(
+    args: list[str], cwd: Path = ROOT, env: dict[str, str] | None = None
+) -> Iterator[subprocess.Popen[bytes]]:
+    """``args`` running in ``cwd`` (this environment, plus ``env``), stopped on leaving."""
+    extra = {"PYTHONUNBUFFERED": "1", **(env or {})}
+    proc = subprocess.Popen(args, cwd=cwd, env={**os.environ, **extra})
     try:
         yield proc
     finally:

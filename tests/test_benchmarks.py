@@ -11,16 +11,21 @@ import pytest
 ROOT = Path(__file__).parent.parent
 
 
-def test_benchmark_suite_runs_quick(tmp_path):
-    out = tmp_path / "results.md"
-    res = subprocess.run(
-        [sys.executable, "-m", "benchmarks.run", "--quick", "--out", str(out)],
+def run_module(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    """``python -m ARGS`` from the checkout, its output captured."""
+    return subprocess.run(
+        [sys.executable, "-m", *args],
         cwd=ROOT,
         capture_output=True,
         text=True,
-        timeout=300,
+        timeout=timeout,
         check=False,
     )
+
+
+def test_benchmark_suite_runs_quick(tmp_path):
+    out = tmp_path / "results.md"
+    res = run_module("benchmarks.run", "--quick", "--out", str(out))
     assert res.returncode == 0, res.stderr[-2000:]
     text = out.read_text()
     for heading in (
@@ -37,14 +42,7 @@ def test_benchmark_suite_runs_quick(tmp_path):
 def test_the_comparison_with_a_revision_runs_quick():
     """benchmarks.compare against HEAD: both extenders answer every row (the ratios are not
     asserted: they are timing)."""
-    res = subprocess.run(
-        [sys.executable, "-m", "benchmarks.compare", "--quick", "--base", "HEAD"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
+    res = run_module("benchmarks.compare", "--quick", "--base", "HEAD")
     assert res.returncode == 0, res.stderr[-2000:]
     rows = [line for line in res.stdout.splitlines() if line.startswith(("| filter", "| prio"))]
     assert [row.split("|")[1:3] for row in rows] == [
@@ -65,14 +63,7 @@ def test_the_comparison_with_a_revision_runs_quick():
     ],
 )
 def test_the_comparison_refuses_bad_arguments_in_one_line(args, message):
-    res = subprocess.run(
-        [sys.executable, "-m", "benchmarks.compare", *args],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    res = run_module("benchmarks.compare", *args, timeout=60)
     assert res.returncode == 2
     assert res.stderr.startswith(message)
     assert len(res.stderr.strip().splitlines()) == 1
