@@ -306,7 +306,8 @@ def decode_pod(raw: bytes | msgspec.Raw, where: str = "Pod") -> PodInfo:
 
 def _present(raw: msgspec.Raw) -> bool:
     """msgspec cannot put Raw in a union with None: an absent or null field is Raw b"" / b"null"."""
-    return len(raw) > 0 and bytes(raw) != b"null"
+    size = len(raw)
+    return size > 0 and (size != 4 or bytes(raw) != b"null")  # no copy of a large field
 
 
 T = TypeVar("T")
