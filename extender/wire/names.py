@@ -9,7 +9,9 @@ ones msgspec writes for the same reply (a test compares them).
 
 The table also finds the request's names in the snapshot straight from the request's bytes
 (:meth:`NameTable.lookup_json`): a dictionary lookup of 5,000 freshly decoded names hashes each
-string first, and was the largest single cost of a names-only call at that size.
+string first, and was the largest single cost of a names-only call at that size. Those names
+need not be decoded at all, then: :class:`JsonNames` keeps them as the request's bytes and reads
+one out only where one is needed.
 """
 
 from __future__ import annotations
