@@ -202,7 +202,7 @@ class ClusterCache:
         old = self.pods.get(uid)
         if old is not None:
             if record is not None and old == record:
-                if uid not in self._recent.entries and self._is_recent(record):  # horizon grew
+                if uid not in self._recent and self._is_recent(record):  # horizon grew
                     self._place(uid, record)
                     self._touch()
                 return
@@ -463,7 +463,7 @@ class ClusterCache:
 
     @property
     def recent(self) -> int:
-        return len(self._recent.entries)
+        return len(self._recent)
 
 
 W = TypeVar("W", PlacedPod, Departure)
@@ -478,28 +478,34 @@ class _Window(Generic[W]):
     """
 
     def __init__(self, at: Callable[[W], float]) -> None:
-        self.entries: dict[str, W] = {}
+        self._entries: dict[str, W] = {}
         self._at: Callable[[W], float] = at
         self._heap: list[tuple[float, str]] = []
         self._listed: tuple[W, ...] | None = ()
-        """:attr:`entries` as listed; None once they changed."""
+        """The entries as listed; None once they changed."""
+
+    def __contains__(self, uid: str) -> bool:
+        return uid in self._entries
+
+    def __len__(self) -> int:
+        return len(self._entries)
 
     def put(self, uid: str, entry: W) -> None:
-        was = self.entries.get(uid)
+        was = self._entries.get(uid)
         if was is not None and was == entry:
             return
         if was is None or self._at(was) != self._at(entry):
             heapq.heappush(self._heap, (self._at(entry), uid))
-        self.entries[uid] = entry
+        self._entries[uid] = entry
         self._listed = None
 
     def drop(self, uid: str) -> None:
-        if self.entries.pop(uid, None) is not None:
+        if self._entries.pop(uid, None) is not None:
             self._listed = None
 
     def expire(self, after: float) -> tuple[W, ...]:
         """Drop the entries whose time is before ``after``; the rest, listed."""
-        heap, entries = self._heap, self.entries
+        heap, entries = self._heap, self._entries
         while heap and heap[0][0] < after:
             _, uid = heapq.heappop(heap)
             entry = entries.get(uid)
@@ -515,7 +521,7 @@ class _Window(Generic[W]):
         heap = self._heap
         while heap:
             at, uid = heap[0]
-            entry = self.entries.get(uid)
+            entry = self._entries.get(uid)
             if entry is not None and self._at(entry) == at:
                 return at
             heapq.heappop(heap)

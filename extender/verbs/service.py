@@ -310,8 +310,8 @@ class Verbs:
                 tier.name,
             )
         if args.full_nodes is None:
-            kept = kept_names_json(evaluation, state.names)
             positions = np.flatnonzero(evaluation.keep)
+            kept = kept_names_json(evaluation, state.names, positions)
             columns = evaluation.columns[positions]
             self._last_filter = _LastFilter(state, args.pod, kept, columns, whole)
             # The names for the prioritize call that follows, read from the bytes only if

@@ -402,10 +402,14 @@ def _joined(table: ObjectArray, cols: IndexArray, names: Sequence[str], sep: byt
     return sep.join(parts)
 
 
-def kept_names_json(evaluation: Evaluation, table: NameTable) -> bytes:
-    """The JSON array of the kept names, as the filter reply's NodeNames carries it."""
+def kept_names_json(
+    evaluation: Evaluation, table: NameTable, kept: IndexArray | None = None
+) -> bytes:
+    """The JSON array of the kept names, as the filter reply's NodeNames carries it; ``kept``,
+    their positions (``np.flatnonzero(evaluation.keep)``), when the caller has them already."""
     cols, names = evaluation.columns, evaluation.names
-    kept = np.flatnonzero(evaluation.keep)
+    if kept is None:
+        kept = np.flatnonzero(evaluation.keep)
     return b"[" + _joined(table.quoted, cols[kept], _at(names, kept), b",") + b"]"
 
 
